@@ -1,0 +1,7 @@
+namespace ThinFast.Engine.Tests;
+
+public class SmokeTests
+{
+    [Fact]
+    public void Builds() => Assert.True(true);
+}
