@@ -1,0 +1,189 @@
+using ThinFast.IO;
+
+namespace ThinFast.Testing;
+
+/// <summary>
+/// An in-memory disk with a volatile write cache whose power can be cut at a chosen operation, for
+/// crash sweeps. Reads see every completed write. Only what a real disk promises survives a cut:
+/// writes completed before the last completed FLUSH, and FUA writes. Writes still in the cache
+/// are dropped (or, with <see cref="PendingWritesSurvive"/>, a random subset survives: disks
+/// destage their caches in any order). The operation in flight at the cut fails, and if it is a
+/// write and <see cref="TearInFlightWrite"/> is set, a random subset of its 512-byte sectors
+/// reaches the media: sector-atomic, not write-atomic.
+/// </summary>
+/// <example>
+/// for (long n = 1; ; n++) {
+///     var dev = new PowerCutDevice(size) { CutAfterOperations = n };
+///     try { Workload(dev); } catch (BlockDeviceException e) when (e.Error == BlockError.Unavailable) { }
+///     if (!dev.IsCut) break;              // the workload finished below the threshold
+///     Verify(dev.DurableImage());
+/// }
+/// </example>
+public sealed class PowerCutDevice : IBlockDevice
+{
+    public const int SectorSize = 512;
+
+    private readonly object _lock = new();
+    private readonly List<(long Offset, byte[] Data)> _pending = new();
+    private byte[] _current;
+    private byte[] _durable;
+    private long _operations;
+
+    public PowerCutDevice(long length, int logicalBlockSize = 512, string name = "power-cut")
+        : this(new byte[length], logicalBlockSize, name)
+    {
+    }
+
+    /// <summary>Starts from <paramref name="image"/> (copied) as durable contents.</summary>
+    public PowerCutDevice(byte[] image, int logicalBlockSize = 512, string name = "power-cut")
+    {
+        if (image.Length % logicalBlockSize != 0)
+            throw new ArgumentException($"length {image.Length} is not a multiple of {logicalBlockSize}");
+        _current = (byte[])image.Clone();
+        _durable = (byte[])image.Clone();
+        LogicalBlockSize = logicalBlockSize;
+        Name = name;
+    }
+
+    public string Name { get; }
+
+    public long Length
+    {
+        get { lock (_lock) return _current.LongLength; }
+    }
+
+    public int LogicalBlockSize { get; }
+
+    public int BufferAlignment => LogicalBlockSize;
+
+    public bool IsReadOnly => false;
+
+    /// <summary>The cut happens at this operation (1-based; reads, writes, flushes and discards all
+    /// count): it fails and so does everything after it. 0 = never.</summary>
+    public long CutAfterOperations { get; set; }
+
+    /// <summary>Lets a random subset of the in-flight write's sectors reach the media at the cut.</summary>
+    public bool TearInFlightWrite { get; set; }
+
+    /// <summary>Lets a random subset of the cached (unflushed) writes survive the cut, whole.</summary>
+    public bool PendingWritesSurvive { get; set; }
+
+    public int Seed { get; set; } = 1;
+
+    public long OperationCount
+    {
+        get { lock (_lock) return _operations; }
+    }
+
+    public bool IsCut { get; private set; }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination)
+    {
+        lock (_lock)
+        {
+            Count(null, 0);
+            this.ValidateRequest(offset, destination.Length, destination.Span, isWrite: false);
+            _current.AsSpan(checked((int)offset), destination.Length).CopyTo(destination.Span);
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
+    {
+        lock (_lock)
+        {
+            this.ValidateRequest(offset, source.Length, source.Span, isWrite: true);
+            Count(source.Span, offset);
+            source.Span.CopyTo(_current.AsSpan(checked((int)offset)));
+            if ((flags & WriteFlags.ForceUnitAccess) != 0)
+                source.Span.CopyTo(_durable.AsSpan(checked((int)offset)));
+            else
+                _pending.Add((offset, source.ToArray()));
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask FlushAsync()
+    {
+        lock (_lock)
+        {
+            Count(null, 0);
+            _current.AsSpan().CopyTo(_durable);
+            _pending.Clear();
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask DiscardAsync(long offset, long length)
+    {
+        lock (_lock)
+        {
+            this.ValidateRequest(offset, length, default, isWrite: true);
+            var zeros = new byte[length];
+            Count(zeros, offset);
+            zeros.CopyTo(_current.AsSpan(checked((int)offset)));
+            _pending.Add((offset, zeros));
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public void Grow(long newLength)
+    {
+        lock (_lock)
+        {
+            if (newLength < _current.LongLength || newLength % LogicalBlockSize != 0)
+                throw new BlockDeviceException(BlockError.InvalidArgument, $"{Name}: cannot resize to {newLength}");
+            Array.Resize(ref _current, checked((int)newLength));
+            Array.Resize(ref _durable, checked((int)newLength));
+        }
+    }
+
+    /// <summary>What the media holds: after a cut, what survived it. A fresh device, so the
+    /// caller can reopen the pool on it as a machine would after power returns.</summary>
+    public MemoryBlockDevice DurableImage(int? logicalBlockSize = null)
+    {
+        lock (_lock)
+            return new MemoryBlockDevice((byte[])_durable.Clone(), logicalBlockSize ?? LogicalBlockSize, name: Name + "-after-cut");
+    }
+
+    /// <summary>What reads currently return (every completed write).</summary>
+    public byte[] CurrentImage()
+    {
+        lock (_lock)
+            return (byte[])_current.Clone();
+    }
+
+    // Counts one operation; at the cut applies what survives and throws.
+    private void Count(ReadOnlySpan<byte> inFlightWrite, long writeOffset)
+    {
+        if (IsCut)
+            throw Unavailable();
+        _operations++;
+        if (CutAfterOperations == 0 || _operations < CutAfterOperations)
+            return;
+
+        IsCut = true;
+        var random = new Random(Seed);
+        if (PendingWritesSurvive)
+        {
+            foreach (var (offset, data) in _pending)
+                if (random.Next(2) == 0)
+                    data.CopyTo(_durable.AsSpan(checked((int)offset)));
+        }
+        _pending.Clear();
+        if (TearInFlightWrite && !inFlightWrite.IsEmpty)
+        {
+            for (int s = 0; s < inFlightWrite.Length; s += SectorSize)
+                if (random.Next(2) == 0)
+                    inFlightWrite.Slice(s, Math.Min(SectorSize, inFlightWrite.Length - s)).CopyTo(_durable.AsSpan(checked((int)(writeOffset + s))));
+        }
+        throw Unavailable();
+    }
+
+    private BlockDeviceException Unavailable() =>
+        new(BlockError.Unavailable, $"{Name}: power cut at operation {CutAfterOperations}");
+
+    public void Dispose()
+    {
+    }
+}
