@@ -1,0 +1,434 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using System.Text;
+using ThinFast.IO;
+
+namespace ThinFast.Nbd;
+
+/// <summary>
+/// One client connection: the fixed-newstyle handshake, then the transmission phase. A single
+/// reader decodes request headers (and WRITE payloads) in order and hands each request to one of a
+/// fixed set of <see cref="NbdRequest"/> slots, which serve it concurrently and write their replies
+/// under the connection's send lock. Nothing is allocated per request.
+/// </summary>
+internal sealed partial class NbdConnection
+{
+    private const int ReceiveBufferSize = 64 * 1024;
+
+    private readonly NbdServer _server;
+    private readonly Socket _socket;
+    private readonly NbdServerOptions _options;
+    // Pinned so receiving into it needs no per-call pinning of a movable array.
+    private readonly byte[] _rx = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize, pinned: true);
+    private int _rxStart;
+    private int _rxEnd;
+
+    // Handshake state.
+    private bool _structuredReplies;
+    private bool _noZeroes;
+    private NbdExport? _metaContextExport;
+    private bool _allocationContextSelected;
+
+    // Transmission state.
+    private NbdExport _export = null!;
+    private NbdRequest[] _slots = [];
+    private readonly object _slotLock = new();
+    private NbdRequest[] _freeSlots = [];
+    private int _freeCount;
+    private bool _readerWaitingForSlot;
+    private readonly AsyncSignal _slotFreed = new();
+
+    // The send lock: the holder writes one whole reply; waiters queue in arrival order.
+    private readonly object _sendLock = new();
+    private bool _sendHeld;
+    private NbdRequest[] _sendQueue = [];
+    private int _sendQueueHead;
+    private int _sendQueueCount;
+
+    private volatile bool _broken;
+
+    public NbdConnection(NbdServer server, Socket socket)
+    {
+        _server = server;
+        _socket = socket;
+        _options = server.Options;
+    }
+
+    internal NbdServer Server => _server;
+
+    internal NbdExport Export => _export;
+
+    internal bool StructuredReplies => _structuredReplies;
+
+    internal bool AllocationContextSelected => _allocationContextSelected;
+
+    internal NbdServerOptions Options => _options;
+
+    /// <summary>Stops reading new requests; in-flight ones still finish and get replies.</summary>
+    public void BeginShutdown()
+    {
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Receive);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Already closed by the client: nothing left to stop.
+        }
+    }
+
+    public async Task RunAsync()
+    {
+        try
+        {
+            if (await HandshakeAsync().ConfigureAwait(false))
+                await TransmitAsync().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or NbdProtocolException)
+        {
+            // The client went away or broke the protocol; only this connection ends.
+            _server.Log(e is NbdProtocolException ? $"nbd: dropping client: {e.Message}" : null);
+        }
+        finally
+        {
+            _socket.Dispose();
+        }
+    }
+
+    // ---- transmission phase -------------------------------------------------------------------
+
+    private async Task TransmitAsync()
+    {
+        int n = _options.RequestsPerConnection;
+        _slots = new NbdRequest[n];
+        _freeSlots = new NbdRequest[n];
+        _sendQueue = new NbdRequest[n];
+        var loops = new Task[n];
+        for (int i = 0; i < n; i++)
+        {
+            _slots[i] = new NbdRequest(this);
+            _freeSlots[i] = _slots[i];
+            loops[i] = _slots[i].RunAsync();
+        }
+        _freeCount = n;
+
+        try
+        {
+            await ReadRequestsAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            // Let every in-flight request finish and reply, then stop the slot loops.
+            for (int i = 0; i < n; i++)
+                await AcquireSlotAsync().ConfigureAwait(false);
+            foreach (var slot in _slots)
+                slot.PostExit();
+            await Task.WhenAll(loops).ConfigureAwait(false);
+        }
+    }
+
+    private async Task ReadRequestsAsync()
+    {
+        long size = _export.Volume.Size;
+        while (!_server.IsStopping && !_broken)
+        {
+            if (!await FillAsync(NbdProtocol.RequestHeaderSize).ConfigureAwait(false))
+                return;
+            var header = _rx.AsSpan(_rxStart, NbdProtocol.RequestHeaderSize);
+            uint magic = BinaryPrimitives.ReadUInt32BigEndian(header);
+            if (magic != NbdProtocol.RequestMagic)
+                throw new NbdProtocolException($"bad request magic 0x{magic:x8}");
+            var flags = (NbdCommandFlags)BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
+            var command = (NbdCommand)BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
+            ulong cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
+            ulong offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
+            _rxStart += NbdProtocol.RequestHeaderSize;
+
+            if (command == NbdCommand.Disconnect)
+                return;
+
+            var slot = await AcquireSlotAsync().ConfigureAwait(false);
+            var error = Validate(command, flags, offset, length, size, out var message);
+            slot.Prepare(command, flags, cookie, (long)offset, length, error, message);
+
+            if (command == NbdCommand.Write)
+            {
+                if (error == NbdError.None)
+                {
+                    var buffer = await _server.Buffers.RentAsync((int)length).ConfigureAwait(false);
+                    slot.Payload = buffer;
+                    if (!await ReceiveExactAsync(buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)length)).ConfigureAwait(false))
+                    {
+                        ReleaseSlot(slot);
+                        return;
+                    }
+                }
+                else if (length <= _options.MaxDrainBytes)
+                {
+                    if (!await DrainAsync(length).ConfigureAwait(false))
+                    {
+                        ReleaseSlot(slot);
+                        return;
+                    }
+                }
+                else
+                {
+                    // Too much to throw away: answer, then hang up (the stream cannot be resynchronised).
+                    slot.Post();
+                    return;
+                }
+            }
+            slot.Post();
+        }
+    }
+
+    private NbdError Validate(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, long size, out ErrorText message)
+    {
+        bool readOnly = _export.ReadOnly;
+        // FUA is accepted (and ignored where meaningless) on every command once advertised.
+        var common = readOnly ? NbdCommandFlags.None : NbdCommandFlags.Fua;
+        NbdCommandFlags allowed;
+        bool writes = false;
+        switch (command)
+        {
+            case NbdCommand.Read:
+                allowed = common | (_structuredReplies ? NbdCommandFlags.DontFragment : 0);
+                break;
+            case NbdCommand.Write:
+            case NbdCommand.Trim:
+                allowed = common;
+                writes = true;
+                break;
+            case NbdCommand.Flush:
+            case NbdCommand.Cache:
+                allowed = common;
+                break;
+            case NbdCommand.WriteZeroes:
+                allowed = common | NbdCommandFlags.NoHole | NbdCommandFlags.FastZero;
+                writes = true;
+                break;
+            case NbdCommand.BlockStatus:
+                allowed = common | NbdCommandFlags.ReqOne;
+                break;
+            default:
+                message = ErrorText.UnknownCommand;
+                return NbdError.Invalid;
+        }
+        if ((flags & ~allowed) != 0)
+        {
+            message = ErrorText.UnknownFlag;
+            return NbdError.Invalid;
+        }
+        if (command == NbdCommand.Flush)
+        {
+            message = ErrorText.None;
+            return NbdError.None;
+        }
+        if (writes && readOnly)
+        {
+            message = ErrorText.ReadOnly;
+            return NbdError.Perm;
+        }
+        if (command == NbdCommand.BlockStatus && !_allocationContextSelected)
+        {
+            message = ErrorText.NoMetaContext;
+            return NbdError.Invalid;
+        }
+        if (length == 0)
+        {
+            message = ErrorText.ZeroLength;
+            return NbdError.Invalid;
+        }
+        if (offset > (ulong)size || length > (ulong)size - offset)
+        {
+            message = ErrorText.OutOfRange;
+            return command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid;
+        }
+        if (command is NbdCommand.Read or NbdCommand.Write && length > (uint)_options.MaxPayload)
+        {
+            message = ErrorText.TooLarge;
+            return (flags & NbdCommandFlags.DontFragment) != 0 ? NbdError.Overflow : NbdError.Invalid;
+        }
+        int minimum = _options.MinimumBlockSize;
+        if (minimum > 1 && ((offset | length) & (ulong)(minimum - 1)) != 0)
+        {
+            message = ErrorText.Misaligned;
+            return NbdError.Invalid;
+        }
+        message = ErrorText.None;
+        return NbdError.None;
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<NbdRequest> AcquireSlotAsync()
+    {
+        while (true)
+        {
+            lock (_slotLock)
+            {
+                if (_freeCount > 0)
+                    return _freeSlots[--_freeCount];
+                _readerWaitingForSlot = true;
+            }
+            await _slotFreed.WaitAsync().ConfigureAwait(false);
+        }
+    }
+
+    internal void ReleaseSlot(NbdRequest slot)
+    {
+        bool wake;
+        lock (_slotLock)
+        {
+            _freeSlots[_freeCount++] = slot;
+            wake = _readerWaitingForSlot;
+            _readerWaitingForSlot = false;
+        }
+        if (wake)
+            _slotFreed.Set();
+    }
+
+    /// <summary>Takes the send lock for <paramref name="slot"/>; completes synchronously when free.</summary>
+    internal ValueTask AcquireSendAsync(NbdRequest slot)
+    {
+        lock (_sendLock)
+        {
+            if (!_sendHeld)
+            {
+                _sendHeld = true;
+                return default;
+            }
+            _sendQueue[(_sendQueueHead + _sendQueueCount++) % _sendQueue.Length] = slot;
+        }
+        return slot.SendGranted.WaitAsync();
+    }
+
+    internal void ReleaseSend()
+    {
+        NbdRequest? next = null;
+        lock (_sendLock)
+        {
+            if (_sendQueueCount > 0)
+            {
+                next = _sendQueue[_sendQueueHead];
+                _sendQueue[_sendQueueHead] = null!;
+                _sendQueueHead = (_sendQueueHead + 1) % _sendQueue.Length;
+                _sendQueueCount--;
+            }
+            else
+            {
+                _sendHeld = false;
+            }
+        }
+        // Ownership passes straight to the next waiter, so nobody can overtake it.
+        next?.SendGranted.Set();
+    }
+
+    /// <summary>A reply could not be written: stop reading; in-flight requests fail their sends.</summary>
+    internal void MarkBroken()
+    {
+        _broken = true;
+        try
+        {
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            // Already gone.
+        }
+    }
+
+    internal bool IsBroken => _broken;
+
+    // ---- socket I/O ---------------------------------------------------------------------------
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    internal async ValueTask SendAsync(ReadOnlyMemory<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            int sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
+            data = data[sent..];
+        }
+    }
+
+    /// <summary>Makes at least <paramref name="count"/> bytes available at _rx[_rxStart..];
+    /// false on a clean end of stream before the first byte.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> FillAsync(int count)
+    {
+        if (_rxEnd - _rxStart >= count)
+            return true;
+        if (_rxStart > 0)
+        {
+            Buffer.BlockCopy(_rx, _rxStart, _rx, 0, _rxEnd - _rxStart);
+            _rxEnd -= _rxStart;
+            _rxStart = 0;
+        }
+        while (_rxEnd < count)
+        {
+            int got = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None).ConfigureAwait(false);
+            if (got == 0)
+            {
+                if (_rxEnd == 0)
+                    return false;
+                throw new NbdProtocolException($"connection closed in the middle of a message ({_rxEnd} of {count} bytes)");
+            }
+            _rxEnd += got;
+        }
+        return true;
+    }
+
+    /// <summary>Fills <paramref name="destination"/> from buffered bytes, then straight from the
+    /// socket (large payloads are not copied twice). False when the stream ended first.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> ReceiveExactAsync(Memory<byte> destination)
+    {
+        int buffered = Math.Min(_rxEnd - _rxStart, destination.Length);
+        _rx.AsSpan(_rxStart, buffered).CopyTo(destination.Span);
+        _rxStart += buffered;
+        destination = destination[buffered..];
+        while (!destination.IsEmpty)
+        {
+            int got = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
+            if (got == 0)
+                return false;
+            destination = destination[got..];
+        }
+        return true;
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> DrainAsync(long count)
+    {
+        while (count > 0)
+        {
+            if (_rxStart == _rxEnd)
+            {
+                _rxStart = _rxEnd = 0;
+                int got = await _socket.ReceiveAsync(_rx.AsMemory(), SocketFlags.None).ConfigureAwait(false);
+                if (got == 0)
+                    return false;
+                _rxEnd = got;
+            }
+            int take = (int)Math.Min(count, _rxEnd - _rxStart);
+            _rxStart += take;
+            count -= take;
+        }
+        return true;
+    }
+
+    private async ValueTask<byte[]> ReceiveBytesAsync(int count)
+    {
+        var data = new byte[count];
+        if (!await ReceiveExactAsync(data).ConfigureAwait(false))
+            throw new NbdProtocolException("connection closed during the handshake");
+        return data;
+    }
+
+    internal static byte[] Utf8(string s) => Encoding.UTF8.GetBytes(s);
+}
+
+/// <summary>The client broke the protocol in a way that cannot be answered; the connection ends.</summary>
+internal sealed class NbdProtocolException(string message) : Exception(message);

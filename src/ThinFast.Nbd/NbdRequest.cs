@@ -1,0 +1,321 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Text;
+using ThinFast.IO;
+
+namespace ThinFast.Nbd;
+
+/// <summary>
+/// One request slot of a connection, reused for request after request. Its loop
+/// (<see cref="RunAsync"/>) is a single long-lived async method, so its state machine is allocated
+/// once per slot, not once per request; the reader wakes it through an <see cref="AsyncSignal"/>.
+/// </summary>
+internal sealed class NbdRequest
+{
+    /// <summary>Extents asked of the volume per BLOCK_STATUS; clients ask again for the rest.</summary>
+    private const int MaxExtents = 1024;
+    private const int MaxMessageBytes = 256;
+
+    private readonly NbdConnection _connection;
+    private readonly AsyncSignal _work = new();
+    private readonly VolumeExtent[] _extents = new VolumeExtent[MaxExtents];
+    // Replies without data (status, errors, block status) are built here; pinned so sends need no
+    // per-call pinning.
+    private readonly byte[] _reply = GC.AllocateUninitializedArray<byte>(
+        NbdProtocol.StructuredHeaderSize + 4 + 8 * MaxExtents + 6 + MaxMessageBytes, pinned: true);
+    private bool _exit;
+
+    private NbdCommand _command;
+    private NbdCommandFlags _flags;
+    private ulong _cookie;
+    private long _offset;
+    private uint _length;
+    private NbdError _presetError;
+    private ErrorText _presetMessage;
+
+    public NbdRequest(NbdConnection connection) => _connection = connection;
+
+    /// <summary>Signalled when this slot may write its reply.</summary>
+    public AsyncSignal SendGranted { get; } = new();
+
+    /// <summary>The WRITE payload (received by the reader) or the READ buffer.</summary>
+    public NativeBuffer? Payload { get; set; }
+
+    public void Prepare(NbdCommand command, NbdCommandFlags flags, ulong cookie, long offset, uint length, NbdError error, ErrorText message)
+    {
+        _command = command;
+        _flags = flags;
+        _cookie = cookie;
+        _offset = offset;
+        _length = length;
+        _presetError = error;
+        _presetMessage = message;
+    }
+
+    public void Post() => _work.Set();
+
+    public void PostExit()
+    {
+        _exit = true;
+        _work.Set();
+    }
+
+    public async Task RunAsync()
+    {
+        while (true)
+        {
+            await _work.WaitAsync().ConfigureAwait(false);
+            if (_exit)
+                return;
+            try
+            {
+                await ServeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException or IOException)
+            {
+                // The reply could not be sent: the connection is gone for every request.
+                _connection.MarkBroken();
+            }
+            finally
+            {
+                if (Payload is not null)
+                {
+                    _connection.Server.Buffers.Return(Payload);
+                    Payload = null;
+                }
+                _connection.ReleaseSlot(this);
+            }
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ServeAsync()
+    {
+        if (_presetError != NbdError.None)
+        {
+            await ReplyErrorAsync(_presetError, _presetMessage.Bytes()).ConfigureAwait(false);
+            return;
+        }
+        var volume = _connection.Export.Volume;
+        var writeFlags = (_flags & NbdCommandFlags.Fua) != 0 ? WriteFlags.ForceUnitAccess : WriteFlags.None;
+        NbdError error;
+        Exception? failure = null;
+        try
+        {
+            switch (_command)
+            {
+                case NbdCommand.Read:
+                    Payload = await _connection.Server.Buffers.RentAsync((int)_length).ConfigureAwait(false);
+                    await volume.ReadAsync(_offset, Payload.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length)).ConfigureAwait(false);
+                    await ReplyReadAsync().ConfigureAwait(false);
+                    return;
+                case NbdCommand.Write:
+                    await volume.WriteAsync(_offset, Payload!.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length), writeFlags).ConfigureAwait(false);
+                    break;
+                case NbdCommand.Flush:
+                    // Replying only after the volume-wide flush completes gives multi-conn its
+                    // guarantee: writes acknowledged on any connection are durable.
+                    await volume.FlushAsync().ConfigureAwait(false);
+                    break;
+                case NbdCommand.Trim:
+                    await volume.DiscardAsync(_offset, _length, writeFlags).ConfigureAwait(false);
+                    break;
+                case NbdCommand.WriteZeroes:
+                    bool noHole = (_flags & NbdCommandFlags.NoHole) != 0;
+                    // The volume gives no way to tell whether zeroing stays metadata-only while
+                    // keeping storage allocated, so a fast NO_HOLE zero is refused as the spec allows.
+                    if (noHole && (_flags & NbdCommandFlags.FastZero) != 0)
+                    {
+                        await ReplyErrorAsync(NbdError.NotSupported, ErrorText.NotFast.Bytes()).ConfigureAwait(false);
+                        return;
+                    }
+                    await volume.WriteZeroesAsync(_offset, _length, mayDeallocate: !noHole, writeFlags).ConfigureAwait(false);
+                    break;
+                case NbdCommand.Cache:
+                    // A prefetch hint; an in-process engine has nothing to warm.
+                    break;
+                case NbdCommand.BlockStatus:
+                    int extents = FillBlockStatus(volume);
+                    await ReplyBlockStatusAsync(extents).ConfigureAwait(false);
+                    return;
+            }
+            error = NbdError.None;
+        }
+        catch (BlockDeviceException e)
+        {
+            error = e.Error switch
+            {
+                BlockError.NoSpace => NbdError.NoSpace,
+                BlockError.ReadOnly => NbdError.Perm,
+                BlockError.InvalidArgument or BlockError.OutOfRange => NbdError.Invalid,
+                _ => NbdError.IO,
+            };
+            failure = e;
+        }
+        catch (Exception e) when (e is not (System.Net.Sockets.SocketException or ObjectDisposedException))
+        {
+            error = NbdError.IO;
+            failure = e;
+        }
+        if (failure is null)
+        {
+            await ReplySimpleAsync(NbdError.None).ConfigureAwait(false);
+            return;
+        }
+        _connection.Server.Log($"nbd: {_command} [{_offset}, +{_length}) on '{_connection.Export.Name}' failed: {failure.Message}");
+        await ReplyErrorAsync(error, Encoding.UTF8.GetBytes(Clip(failure.Message))).ConfigureAwait(false);
+    }
+
+    private int FillBlockStatus(IBlockVolume volume)
+    {
+        bool one = (_flags & NbdCommandFlags.ReqOne) != 0;
+        long end = _offset + _length;
+        int got = volume.GetExtents(_offset, _length, one ? _extents.AsSpan(0, 1) : _extents.AsSpan());
+        var payload = _reply.AsSpan(NbdProtocol.StructuredHeaderSize + 4);
+        int count = 0;
+        long position = _offset;
+        uint lastFlags = 0;
+        for (int i = 0; i < got && position < end; i++)
+        {
+            var extent = _extents[i];
+            // Clip to the request: every length then fits in 32 bits and stays inside the export.
+            long length = Math.Min(extent.Offset + extent.Length, end) - position;
+            if (length <= 0)
+                continue;
+            uint flags = (uint)(extent.Flags & (ExtentFlags.Hole | ExtentFlags.Zero));
+            if (count > 0 && flags == lastFlags)
+            {
+                uint merged = BinaryPrimitives.ReadUInt32BigEndian(payload[(8 * (count - 1))..]) + (uint)length;
+                BinaryPrimitives.WriteUInt32BigEndian(payload[(8 * (count - 1))..], merged);
+            }
+            else
+            {
+                BinaryPrimitives.WriteUInt32BigEndian(payload[(8 * count)..], (uint)length);
+                BinaryPrimitives.WriteUInt32BigEndian(payload[(8 * count + 4)..], flags);
+                count++;
+                lastFlags = flags;
+            }
+            position += length;
+        }
+        if (count == 0)
+            throw new BlockDeviceException(BlockError.IoError, $"{volume.Name}: GetExtents described nothing at {_offset}");
+        return count;
+    }
+
+    private ValueTask ReplyBlockStatusAsync(int extents)
+    {
+        int payloadLength = 4 + 8 * extents;
+        WriteStructuredHeader(_reply, NbdReplyType.BlockStatus, payloadLength);
+        BinaryPrimitives.WriteUInt32BigEndian(_reply.AsSpan(NbdProtocol.StructuredHeaderSize), NbdConnection.AllocationContextId);
+        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength));
+    }
+
+    private ValueTask ReplyReadAsync()
+    {
+        var buffer = Payload!;
+        int headerLength;
+        if (_connection.StructuredReplies)
+        {
+            headerLength = NbdProtocol.StructuredHeaderSize + 8;
+            var header = buffer.GetSpan().Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength);
+            WriteStructuredHeader(header, NbdReplyType.OffsetData, 8 + (int)_length);
+            BinaryPrimitives.WriteUInt64BigEndian(header[NbdProtocol.StructuredHeaderSize..], (ulong)_offset);
+        }
+        else
+        {
+            headerLength = NbdProtocol.SimpleReplySize;
+            WriteSimpleHeader(buffer.GetSpan().Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength), NbdError.None);
+        }
+        return SendLockedAsync(buffer.Memory.Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength + (int)_length));
+    }
+
+    private ValueTask ReplySimpleAsync(NbdError error)
+    {
+        WriteSimpleHeader(_reply, error);
+        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.SimpleReplySize));
+    }
+
+    /// <summary>Structured connections get an ERROR chunk with a message (mandatory for READ),
+    /// others a simple reply carrying the error number.</summary>
+    private ValueTask ReplyErrorAsync(NbdError error, ReadOnlySpan<byte> message)
+    {
+        if (!_connection.StructuredReplies)
+            return ReplySimpleAsync(error);
+        message = message[..Math.Min(message.Length, MaxMessageBytes)];
+        int payloadLength = 6 + message.Length;
+        WriteStructuredHeader(_reply, NbdReplyType.Error, payloadLength);
+        var payload = _reply.AsSpan(NbdProtocol.StructuredHeaderSize);
+        BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)error);
+        BinaryPrimitives.WriteUInt16BigEndian(payload[4..], (ushort)message.Length);
+        message.CopyTo(payload[6..]);
+        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength));
+    }
+
+    private void WriteSimpleHeader(Span<byte> header, NbdError error)
+    {
+        BinaryPrimitives.WriteUInt32BigEndian(header, NbdProtocol.SimpleReplyMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(header[4..], (uint)error);
+        BinaryPrimitives.WriteUInt64BigEndian(header[8..], _cookie);
+    }
+
+    private void WriteStructuredHeader(Span<byte> header, NbdReplyType type, int payloadLength)
+    {
+        const ushort done = 1;
+        BinaryPrimitives.WriteUInt32BigEndian(header, NbdProtocol.StructuredReplyMagic);
+        BinaryPrimitives.WriteUInt16BigEndian(header[4..], done);
+        BinaryPrimitives.WriteUInt16BigEndian(header[6..], (ushort)type);
+        BinaryPrimitives.WriteUInt64BigEndian(header[8..], _cookie);
+        BinaryPrimitives.WriteUInt32BigEndian(header[16..], (uint)payloadLength);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SendLockedAsync(ReadOnlyMemory<byte> message)
+    {
+        await _connection.AcquireSendAsync(this).ConfigureAwait(false);
+        try
+        {
+            await _connection.SendAsync(message).ConfigureAwait(false);
+        }
+        finally
+        {
+            _connection.ReleaseSend();
+        }
+    }
+
+    private static string Clip(string message) => message.Length <= MaxMessageBytes / 4 ? message : message[..(MaxMessageBytes / 4)];
+}
+
+/// <summary>Fixed messages for requests refused before they reach the volume, pre-encoded so
+/// refusing allocates nothing.</summary>
+internal enum ErrorText
+{
+    None,
+    UnknownCommand,
+    UnknownFlag,
+    ReadOnly,
+    NoMetaContext,
+    ZeroLength,
+    OutOfRange,
+    TooLarge,
+    Misaligned,
+    NotFast,
+}
+
+internal static class ErrorTextExtensions
+{
+    private static readonly byte[][] Texts =
+    [
+        [],
+        "unknown command"u8.ToArray(),
+        "flag not valid for this command"u8.ToArray(),
+        "export is read-only"u8.ToArray(),
+        "block status needs the base:allocation meta context"u8.ToArray(),
+        "zero-length request"u8.ToArray(),
+        "request runs past the end of the export"u8.ToArray(),
+        "request is larger than the maximum payload"u8.ToArray(),
+        "request is not aligned to the minimum block size"u8.ToArray(),
+        "zeroing with NO_HOLE cannot be done fast"u8.ToArray(),
+    ];
+
+    public static ReadOnlySpan<byte> Bytes(this ErrorText text) => Texts[(int)text];
+}

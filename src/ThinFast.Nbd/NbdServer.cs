@@ -1,0 +1,220 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace ThinFast.Nbd;
+
+/// <summary>
+/// An NBD server (fixed newstyle, structured replies, base:allocation) serving
+/// <see cref="ThinFast.IO.IBlockVolume"/>s, one export per volume, on any number of TCP and unix
+/// listeners. All connections to an export share the volume, so multi-conn is advertised.
+/// </summary>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly Dictionary<string, NbdExport> _exports = new(StringComparer.Ordinal);
+    private readonly List<NbdExport> _exportList;
+    private readonly List<(Socket Socket, Task Loop, string? UnixPath)> _listeners = [];
+    // Open connections and the tasks serving them; an entry leaves when its connection ends.
+    private readonly Dictionary<NbdConnection, Task> _connections = [];
+    private readonly Action<string>? _log;
+    private volatile bool _stopping;
+    private Task? _stopped;
+
+    public NbdServer(IEnumerable<NbdExport> exports, NbdServerOptions? options = null, Action<string>? log = null)
+    {
+        Options = options ?? new NbdServerOptions();
+        Options.Validate();
+        _exportList = [.. exports];
+        if (_exportList.Count == 0)
+            throw new ArgumentException("at least one export is needed", nameof(exports));
+        foreach (var export in _exportList)
+        {
+            if (!_exports.TryAdd(export.Name, export))
+                throw new ArgumentException($"two exports are named '{export.Name}'", nameof(exports));
+        }
+        if (Options.DefaultExport is { } name && !_exports.ContainsKey(name))
+            throw new ArgumentException($"default export '{name}' is not one of the exports", nameof(options));
+        _log = log;
+        Buffers = new PayloadBufferPool(Options.BufferTiers);
+    }
+
+    public NbdServerOptions Options { get; }
+
+    public IReadOnlyList<NbdExport> Exports => _exportList;
+
+    internal PayloadBufferPool Buffers { get; }
+
+    internal bool IsStopping => _stopping;
+
+    /// <summary>Connections currently open (handshake or transmission).</summary>
+    public int ConnectionCount
+    {
+        get
+        {
+            lock (_connections)
+                return _connections.Count;
+        }
+    }
+
+    /// <summary>Listens on TCP (default 127.0.0.1, port 0 = any free port) and returns the bound
+    /// endpoint.</summary>
+    public IPEndPoint ListenTcp(IPEndPoint? endpoint = null)
+    {
+        endpoint ??= new IPEndPoint(IPAddress.Loopback, 0);
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            socket.Bind(endpoint);
+            socket.Listen(128);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        StartAccepting(socket, null);
+        return (IPEndPoint)socket.LocalEndPoint!;
+    }
+
+    /// <summary>Listens on a unix stream socket at <paramref name="path"/> (removed on stop).</summary>
+    public void ListenUnix(string path)
+    {
+        if (File.Exists(path))
+            throw new IOException($"{path} already exists; remove the stale socket first");
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            socket.Bind(new UnixDomainSocketEndPoint(path));
+            socket.Listen(128);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        StartAccepting(socket, path);
+    }
+
+    private void StartAccepting(Socket listener, string? unixPath)
+    {
+        lock (_connections)
+        {
+            ObjectDisposedException.ThrowIf(_stopping, this);
+            _listeners.Add((listener, AcceptLoopAsync(listener), unixPath));
+        }
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (!_stopping)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                if (_stopping)
+                    return;
+                Log($"nbd: accept failed: {e.Message}");
+                continue;
+            }
+            if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
+                client.NoDelay = true;
+            var connection = new NbdConnection(this, client);
+            lock (_connections)
+            {
+                if (_stopping || _connections.Count >= Options.MaxConnections)
+                {
+                    Log(_stopping ? null : $"nbd: refusing a connection: {Options.MaxConnections} already open");
+                    client.Dispose();
+                    continue;
+                }
+                // The task cannot finish before it is recorded: its finally block takes this lock.
+                _connections[connection] = RunConnectionAsync(connection);
+            }
+        }
+    }
+
+    private async Task RunConnectionAsync(NbdConnection connection)
+    {
+        await Task.Yield();
+        try
+        {
+            await connection.RunAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            Log($"nbd: connection failed: {e}");
+        }
+        finally
+        {
+            lock (_connections)
+                _connections.Remove(connection);
+        }
+    }
+
+    internal NbdExport? FindExport(string name)
+    {
+        if (name.Length == 0)
+            name = Options.DefaultExport ?? (_exportList.Count == 1 ? _exportList[0].Name : "");
+        return _exports.GetValueOrDefault(name);
+    }
+
+    internal void Log(string? message)
+    {
+        if (message is not null)
+            _log?.Invoke(message);
+    }
+
+    /// <summary>Stops accepting, lets in-flight requests finish and reply, closes every
+    /// connection, then flushes every export.</summary>
+    public Task StopAsync()
+    {
+        lock (_connections)
+        {
+            if (_stopped is null)
+            {
+                _stopping = true;
+                _stopped = StopCoreAsync();
+            }
+            return _stopped;
+        }
+    }
+
+    private async Task StopCoreAsync()
+    {
+        (Socket Socket, Task Loop, string? UnixPath)[] listeners;
+        lock (_connections)
+            listeners = [.. _listeners];
+        foreach (var l in listeners)
+            l.Socket.Dispose();
+        await Task.WhenAll(listeners.Select(l => l.Loop)).ConfigureAwait(false);
+        foreach (var l in listeners)
+        {
+            if (l.UnixPath is not null)
+                File.Delete(l.UnixPath);
+        }
+
+        NbdConnection[] connections;
+        Task[] tasks;
+        lock (_connections)
+        {
+            connections = [.. _connections.Keys];
+            tasks = [.. _connections.Values];
+        }
+        foreach (var c in connections)
+            c.BeginShutdown();
+        await Task.WhenAll(tasks).ConfigureAwait(false);
+
+        foreach (var volume in _exportList.Select(e => e.Volume).Distinct())
+        {
+            if (!volume.IsReadOnly)
+                await volume.FlushAsync().ConfigureAwait(false);
+        }
+        Buffers.Dispose();
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync().ConfigureAwait(false);
+}

@@ -1,0 +1,84 @@
+using ThinFast.IO;
+
+namespace ThinFast.Nbd;
+
+/// <summary>One volume served under a name.</summary>
+public sealed class NbdExport
+{
+    public NbdExport(IBlockVolume volume, string? name = null, bool readOnly = false, string? description = null)
+    {
+        ArgumentNullException.ThrowIfNull(volume);
+        Volume = volume;
+        Name = name ?? volume.Name;
+        if (System.Text.Encoding.UTF8.GetByteCount(Name) > NbdProtocol.MaxStringLength)
+            throw new ArgumentException($"export name is longer than {NbdProtocol.MaxStringLength} bytes", nameof(name));
+        ReadOnly = readOnly || volume.IsReadOnly;
+        Description = description;
+    }
+
+    public IBlockVolume Volume { get; }
+
+    public string Name { get; }
+
+    /// <summary>Writes, trims and zeroes are refused with EPERM (the volume's own read-only flag
+    /// implies this).</summary>
+    public bool ReadOnly { get; }
+
+    public string? Description { get; }
+}
+
+/// <summary>Limits and buffer sizing of an <see cref="NbdServer"/>.</summary>
+public sealed class NbdServerOptions
+{
+    /// <summary>Largest READ/WRITE payload accepted (advertised as the maximum block size).</summary>
+    public int MaxPayload { get; init; } = 32 * 1024 * 1024;
+
+    /// <summary>Minimum block size advertised: 1 because volumes accept any alignment.</summary>
+    public int MinimumBlockSize { get; init; } = 1;
+
+    /// <summary>Connections beyond this are closed right after accept.</summary>
+    public int MaxConnections { get; init; } = 64;
+
+    /// <summary>Requests served concurrently per connection; the reader stops reading new headers
+    /// while all are busy (TCP backpressure).</summary>
+    public int RequestsPerConnection { get; init; } = 16;
+
+    /// <summary>Payload buffer tiers (size, count). A request rents the smallest buffer that fits;
+    /// when every buffer of that tier is out it waits. The last tier must hold
+    /// <see cref="MaxPayload"/>.</summary>
+    public IReadOnlyList<(int Size, int Count)> BufferTiers { get; init; } =
+        [(128 * 1024, 128), (2 * 1024 * 1024, 16), (32 * 1024 * 1024, 2)];
+
+    /// <summary>An oversized WRITE's payload is read and thrown away up to this many bytes so the
+    /// connection survives; beyond it the connection is dropped.</summary>
+    public long MaxDrainBytes { get; init; } = 128L * 1024 * 1024;
+
+    /// <summary>Export served for the empty name; null means the empty name is unknown.</summary>
+    public string? DefaultExport { get; init; }
+
+    /// <summary>Answer NBD_OPT_LIST with the export names (else NBD_REP_ERR_POLICY).</summary>
+    public bool AllowList { get; init; } = true;
+
+    internal void Validate()
+    {
+        if (MaxPayload < 4096 || (MaxPayload & (MaxPayload - 1)) != 0)
+            throw new ArgumentException($"MaxPayload {MaxPayload} must be a power of two of at least 4096");
+        if (MinimumBlockSize is not (1 or 512 or 4096))
+            throw new ArgumentException($"MinimumBlockSize {MinimumBlockSize} must be 1, 512 or 4096");
+        if (MaxConnections < 1)
+            throw new ArgumentException($"MaxConnections {MaxConnections} must be at least 1");
+        if (RequestsPerConnection is < 1 or > 1024)
+            throw new ArgumentException($"RequestsPerConnection {RequestsPerConnection} must be in 1..1024");
+        if (BufferTiers.Count == 0)
+            throw new ArgumentException("BufferTiers is empty");
+        int previous = 0;
+        foreach (var (size, count) in BufferTiers)
+        {
+            if (size <= previous || count < 1 || size % NativeBuffer.PageSize != 0)
+                throw new ArgumentException($"buffer tier ({size}, {count}) must be page-multiple sizes in increasing order with count >= 1");
+            previous = size;
+        }
+        if (previous < MaxPayload)
+            throw new ArgumentException($"the largest buffer tier ({previous}) is smaller than MaxPayload ({MaxPayload})");
+    }
+}

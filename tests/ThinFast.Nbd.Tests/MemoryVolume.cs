@@ -1,0 +1,218 @@
+using ThinFast.IO;
+
+namespace ThinFast.Nbd.Tests;
+
+/// <summary>
+/// An in-memory <see cref="IBlockVolume"/> that allocates storage per allocation unit, so block
+/// status has something real to report: never-written and discarded units are holes that read as
+/// zeros. It also keeps a "durable" copy that only <see cref="FlushAsync"/> (or a FUA write)
+/// updates, so tests can tell whether a FLUSH really came after the writes it must cover.
+/// </summary>
+public sealed class MemoryVolume : IBlockVolume
+{
+    private readonly object _lock = new();
+    private readonly byte[]?[] _units;
+    private readonly byte[]?[] _durable;
+    private int _inFlight;
+
+    public MemoryVolume(long size, int allocationUnit = 64 * 1024, string name = "memory", bool readOnly = false)
+    {
+        if (size <= 0 || allocationUnit <= 0 || size % allocationUnit != 0)
+            throw new ArgumentException($"size {size} must be a positive multiple of the allocation unit {allocationUnit}");
+        Size = size;
+        AllocationUnit = allocationUnit;
+        Name = name;
+        IsReadOnly = readOnly;
+        _units = new byte[]?[size / allocationUnit];
+        _durable = new byte[]?[size / allocationUnit];
+    }
+
+    public string Name { get; }
+
+    public long Size { get; }
+
+    public bool IsReadOnly { get; }
+
+    public int AllocationUnit { get; }
+
+    /// <summary>Makes every data operation wait this long first, so tests can keep requests in flight.</summary>
+    public TimeSpan OperationDelay { get; set; }
+
+    /// <summary>Makes FLUSH take this long, so a reply sent before the flush finished would show.</summary>
+    public TimeSpan FlushDelay { get; set; }
+
+    /// <summary>Data operations currently inside the volume.</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    public int FlushCount { get; private set; }
+
+    public int AllocatedUnits
+    {
+        get
+        {
+            lock (_lock)
+                return _units.Count(u => u is not null);
+        }
+    }
+
+    public async ValueTask ReadAsync(long offset, Memory<byte> destination)
+    {
+        Check(offset, destination.Length, write: false);
+        await EnterAsync().ConfigureAwait(false);
+        lock (_lock)
+        {
+            for (long done = 0; done < destination.Length;)
+            {
+                var (unit, at, count) = Locate(offset + done, destination.Length - done);
+                var target = destination.Span.Slice((int)done, count);
+                if (_units[unit] is { } data)
+                    data.AsSpan(at, count).CopyTo(target);
+                else
+                    target.Clear();
+                done += count;
+            }
+        }
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
+    {
+        Check(offset, source.Length, write: true);
+        await EnterAsync().ConfigureAwait(false);
+        lock (_lock)
+        {
+            for (long done = 0; done < source.Length;)
+            {
+                var (unit, at, count) = Locate(offset + done, source.Length - done);
+                source.Span.Slice((int)done, count).CopyTo(Allocate(unit).AsSpan(at, count));
+                if ((flags & WriteFlags.ForceUnitAccess) != 0)
+                    _durable[unit] = (byte[])_units[unit]!.Clone();
+                done += count;
+            }
+        }
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    public async ValueTask FlushAsync()
+    {
+        if (FlushDelay > TimeSpan.Zero)
+            await Task.Delay(FlushDelay).ConfigureAwait(false);
+        lock (_lock)
+        {
+            for (int i = 0; i < _units.Length; i++)
+                _durable[i] = _units[i] is { } data ? (byte[])data.Clone() : null;
+            FlushCount++;
+        }
+    }
+
+    public async ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None)
+    {
+        Check(offset, length, write: true);
+        await EnterAsync().ConfigureAwait(false);
+        lock (_lock)
+        {
+            // Only whole units inside the range are released, like dm-thin.
+            long first = (offset + AllocationUnit - 1) / AllocationUnit;
+            long end = (offset + length) / AllocationUnit;
+            for (long u = first; u < end; u++)
+                _units[u] = null;
+        }
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    {
+        Check(offset, length, write: true);
+        await EnterAsync().ConfigureAwait(false);
+        lock (_lock)
+        {
+            for (long done = 0; done < length;)
+            {
+                var (unit, at, count) = Locate(offset + done, length - done);
+                if (mayDeallocate && count == AllocationUnit)
+                    _units[unit] = null;
+                else if (_units[unit] is { } data)
+                    data.AsSpan(at, count).Clear();
+                else if (!mayDeallocate)
+                    Allocate(unit);
+                done += count;
+            }
+        }
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    public int GetExtents(long offset, long length, Span<VolumeExtent> extents)
+    {
+        Check(offset, length, write: false);
+        int filled = 0;
+        long end = offset + length;
+        lock (_lock)
+        {
+            while (offset < end && filled < extents.Length)
+            {
+                long unit = offset / AllocationUnit;
+                var flags = _units[unit] is null ? ExtentFlags.Hole | ExtentFlags.Zero : ExtentFlags.Data;
+                long runEnd = (unit + 1) * AllocationUnit;
+                while (runEnd < end && (_units[runEnd / AllocationUnit] is null) == (flags != ExtentFlags.Data))
+                    runEnd += AllocationUnit;
+                extents[filled++] = new VolumeExtent(offset, runEnd - offset, flags);
+                offset = runEnd;
+            }
+        }
+        return filled;
+    }
+
+    /// <summary>The whole volume as it reads now.</summary>
+    public byte[] ToArray() => Image(_units);
+
+    /// <summary>The whole volume as it would read after a power cut: only flushed or FUA data.</summary>
+    public byte[] DurableImage() => Image(_durable);
+
+    /// <summary>True when [offset, offset+length) is allocated in every unit it touches.</summary>
+    public bool IsAllocated(long offset, long length)
+    {
+        lock (_lock)
+        {
+            for (long u = offset / AllocationUnit; u * AllocationUnit < offset + length; u++)
+            {
+                if (_units[u] is null)
+                    return false;
+            }
+            return true;
+        }
+    }
+
+    private byte[] Image(byte[]?[] units)
+    {
+        lock (_lock)
+        {
+            var image = new byte[Size];
+            for (int i = 0; i < units.Length; i++)
+                units[i]?.CopyTo(image, (long)i * AllocationUnit);
+            return image;
+        }
+    }
+
+    private byte[] Allocate(long unit) => _units[unit] ??= new byte[AllocationUnit];
+
+    private (long Unit, int At, int Count) Locate(long position, long remaining)
+    {
+        int at = (int)(position % AllocationUnit);
+        return (position / AllocationUnit, at, (int)Math.Min(AllocationUnit - at, remaining));
+    }
+
+    private void Check(long offset, long length, bool write)
+    {
+        if (write && IsReadOnly)
+            throw new BlockDeviceException(BlockError.ReadOnly, $"{Name}: volume is read-only");
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+            throw new BlockDeviceException(BlockError.OutOfRange, $"{Name}: [{offset}, +{length}) is outside the volume ({Size})");
+    }
+
+    private async ValueTask EnterAsync()
+    {
+        Interlocked.Increment(ref _inFlight);
+        if (OperationDelay > TimeSpan.Zero)
+            await Task.Delay(OperationDelay).ConfigureAwait(false);
+    }
+}
