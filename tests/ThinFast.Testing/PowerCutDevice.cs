@@ -23,19 +23,21 @@ public sealed class PowerCutDevice : IBlockDevice
 {
     public const int SectorSize = 512;
 
-    private readonly object _lock = new();
+    private readonly object _lock;
+    private readonly PowerRail _rail;
     private readonly List<(long Offset, byte[] Data)> _pending = new();
     private byte[] _current;
     private byte[] _durable;
-    private long _operations;
 
-    public PowerCutDevice(long length, int logicalBlockSize = 512, string name = "power-cut")
-        : this(new byte[length], logicalBlockSize, name)
+    public PowerCutDevice(long length, int logicalBlockSize = 512, string name = "power-cut", PowerRail? rail = null)
+        : this(new byte[length], logicalBlockSize, name, rail)
     {
     }
 
-    /// <summary>Starts from <paramref name="image"/> (copied) as durable contents.</summary>
-    public PowerCutDevice(byte[] image, int logicalBlockSize = 512, string name = "power-cut")
+    /// <summary>Starts from <paramref name="image"/> (copied) as durable contents. Devices on one
+    /// <paramref name="rail"/> count operations together and lose power together, like a pool's
+    /// metadata and data disks in one machine.</summary>
+    public PowerCutDevice(byte[] image, int logicalBlockSize = 512, string name = "power-cut", PowerRail? rail = null)
     {
         if (image.Length % logicalBlockSize != 0)
             throw new ArgumentException($"length {image.Length} is not a multiple of {logicalBlockSize}");
@@ -43,7 +45,12 @@ public sealed class PowerCutDevice : IBlockDevice
         _durable = (byte[])image.Clone();
         LogicalBlockSize = logicalBlockSize;
         Name = name;
+        _rail = rail ?? new PowerRail();
+        _lock = _rail.Lock;
+        _rail.Attach(this);
     }
+
+    public PowerRail Rail => _rail;
 
     public string Name { get; }
 
@@ -58,24 +65,37 @@ public sealed class PowerCutDevice : IBlockDevice
 
     public bool IsReadOnly => false;
 
-    /// <summary>The cut happens at this operation (1-based; reads, writes, flushes and discards all
-    /// count): it fails and so does everything after it. 0 = never.</summary>
-    public long CutAfterOperations { get; set; }
-
-    /// <summary>Lets a random subset of the in-flight write's sectors reach the media at the cut.</summary>
-    public bool TearInFlightWrite { get; set; }
-
-    /// <summary>Lets a random subset of the cached (unflushed) writes survive the cut, whole.</summary>
-    public bool PendingWritesSurvive { get; set; }
-
-    public int Seed { get; set; } = 1;
-
-    public long OperationCount
+    /// <summary>The cut happens at this operation of the rail (1-based; reads, writes, flushes and
+    /// discards all count): it fails and so does everything after it. 0 = never.</summary>
+    public long CutAfterOperations
     {
-        get { lock (_lock) return _operations; }
+        get => _rail.CutAfterOperations;
+        set => _rail.CutAfterOperations = value;
     }
 
-    public bool IsCut { get; private set; }
+    /// <summary>Lets a random subset of the in-flight write's sectors reach the media at the cut.</summary>
+    public bool TearInFlightWrite
+    {
+        get => _rail.TearInFlightWrite;
+        set => _rail.TearInFlightWrite = value;
+    }
+
+    /// <summary>Lets a random subset of the cached (unflushed) writes survive the cut, whole.</summary>
+    public bool PendingWritesSurvive
+    {
+        get => _rail.PendingWritesSurvive;
+        set => _rail.PendingWritesSurvive = value;
+    }
+
+    public int Seed
+    {
+        get => _rail.Seed;
+        set => _rail.Seed = value;
+    }
+
+    public long OperationCount => _rail.OperationCount;
+
+    public bool IsCut => _rail.IsCut;
 
     public ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
@@ -153,37 +173,85 @@ public sealed class PowerCutDevice : IBlockDevice
             return (byte[])_current.Clone();
     }
 
-    // Counts one operation; at the cut applies what survives and throws.
+    // Counts one operation on the rail; at the cut every device on it keeps only what survives.
     private void Count(ReadOnlySpan<byte> inFlightWrite, long writeOffset)
     {
-        if (IsCut)
+        if (_rail.IsCut)
             throw Unavailable();
-        _operations++;
-        if (CutAfterOperations == 0 || _operations < CutAfterOperations)
+        if (!_rail.CountOperation())
             return;
+        foreach (var device in _rail.Devices)
+            device.LoseVolatileState(_rail.Random, _rail.PendingWritesSurvive);
+        if (_rail.TearInFlightWrite && !inFlightWrite.IsEmpty)
+        {
+            for (int s = 0; s < inFlightWrite.Length; s += SectorSize)
+                if (_rail.Random.Next(2) == 0)
+                    inFlightWrite.Slice(s, Math.Min(SectorSize, inFlightWrite.Length - s)).CopyTo(_durable.AsSpan(checked((int)(writeOffset + s))));
+        }
+        throw Unavailable();
+    }
 
-        IsCut = true;
-        var random = new Random(Seed);
-        if (PendingWritesSurvive)
+    private void LoseVolatileState(Random random, bool someSurvive)
+    {
+        if (someSurvive)
         {
             foreach (var (offset, data) in _pending)
                 if (random.Next(2) == 0)
                     data.CopyTo(_durable.AsSpan(checked((int)offset)));
         }
         _pending.Clear();
-        if (TearInFlightWrite && !inFlightWrite.IsEmpty)
-        {
-            for (int s = 0; s < inFlightWrite.Length; s += SectorSize)
-                if (random.Next(2) == 0)
-                    inFlightWrite.Slice(s, Math.Min(SectorSize, inFlightWrite.Length - s)).CopyTo(_durable.AsSpan(checked((int)(writeOffset + s))));
-        }
-        throw Unavailable();
     }
 
     private BlockDeviceException Unavailable() =>
-        new(BlockError.Unavailable, $"{Name}: power cut at operation {CutAfterOperations}");
+        new(BlockError.Unavailable, $"{Name}: power cut at operation {_rail.CutAfterOperations}");
 
     public void Dispose()
     {
+    }
+}
+
+/// <summary>The power supply shared by <see cref="PowerCutDevice"/>s: one operation counter, one
+/// cut. All members are used under <see cref="Lock"/>, which the devices share.</summary>
+public sealed class PowerRail
+{
+    private readonly List<PowerCutDevice> _devices = new();
+    private Random? _random;
+    private long _operations;
+
+    internal object Lock { get; } = new();
+
+    public long CutAfterOperations { get; set; }
+
+    public bool TearInFlightWrite { get; set; }
+
+    public bool PendingWritesSurvive { get; set; }
+
+    public int Seed { get; set; } = 1;
+
+    public bool IsCut { get; private set; }
+
+    public long OperationCount
+    {
+        get { lock (Lock) return _operations; }
+    }
+
+    internal IReadOnlyList<PowerCutDevice> Devices => _devices;
+
+    internal Random Random => _random ??= new Random(Seed);
+
+    internal void Attach(PowerCutDevice device)
+    {
+        lock (Lock)
+            _devices.Add(device);
+    }
+
+    /// <summary>Counts one operation; true when it is the one the power fails at.</summary>
+    internal bool CountOperation()
+    {
+        _operations++;
+        if (CutAfterOperations == 0 || _operations < CutAfterOperations)
+            return false;
+        IsCut = true;
+        return true;
     }
 }
