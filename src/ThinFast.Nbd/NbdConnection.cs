@@ -241,15 +241,15 @@ internal sealed partial class NbdConnection
             message = ErrorText.ZeroLength;
             return NbdError.Invalid;
         }
-        if (offset > (ulong)size || length > (ulong)size - offset)
-        {
-            message = ErrorText.OutOfRange;
-            return command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid;
-        }
         if (command is NbdCommand.Read or NbdCommand.Write && length > (uint)_options.MaxPayload)
         {
             message = ErrorText.TooLarge;
             return (flags & NbdCommandFlags.DontFragment) != 0 ? NbdError.Overflow : NbdError.Invalid;
+        }
+        if (offset > (ulong)size || length > (ulong)size - offset)
+        {
+            message = ErrorText.OutOfRange;
+            return command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid;
         }
         int minimum = _options.MinimumBlockSize;
         if (minimum > 1 && ((offset | length) & (ulong)(minimum - 1)) != 0)

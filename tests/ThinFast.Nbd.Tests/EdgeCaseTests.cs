@@ -1,0 +1,222 @@
+using System.Text.Json;
+
+namespace ThinFast.Nbd.Tests;
+
+/// <summary>
+/// Bad and odd requests, sent by nbdsh (libnbd with its client-side checks off) and by a raw
+/// socket client inside the same nbdsh script for what libnbd cannot send at all. Each must get
+/// the answer the spec asks for while another connection (handle h) keeps being served and the
+/// volume's data stays as it was.
+/// </summary>
+public class EdgeCaseTests
+{
+    // Python helpers shared by the scripts: a minimal raw NBD client over the unix socket.
+    private const string RawClient = """
+        import json, socket, struct
+        EINVAL, ENOSPC, EPERM, ENOTSUP, EOVERFLOW = 22, 28, 1, 95, 75
+        def err(f):
+            try:
+                f()
+                return 0
+            except nbd.Error as e:
+                return e.errnum
+        def recvn(s, n):
+            b = b''
+            while len(b) < n:
+                c = s.recv(n - len(b))
+                if not c:
+                    return None
+                b += c
+            return b
+        def raw_connect(path, client_flags=3):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(20)
+            s.connect(path)
+            assert recvn(s, 18)[:16] == b'NBDMAGICIHAVEOPT'
+            s.sendall(struct.pack('>I', client_flags))
+            return s
+        def option(s, opt, data=b''):
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', opt, len(data)) + data)
+            replies = []
+            while True:
+                hdr = recvn(s, 20)
+                if hdr is None:
+                    return replies + ['closed']
+                magic, o, typ, ln = struct.unpack('>QIII', hdr)
+                body = recvn(s, ln)
+                replies.append(typ)
+                if typ == 1 or typ & 0x80000000:
+                    return replies
+        def go(s, name=b'disk'):
+            r = option(s, 7, struct.pack('>I', len(name)) + name + struct.pack('>H', 0))
+            assert r[-1] == 1, r
+        def request(s, typ, off, length, flags=0, cookie=7, payload=b''):
+            s.sendall(struct.pack('>IHHQQI', 0x25609513, flags, typ, cookie, off, length) + payload)
+        def simple_reply(s):
+            r = recvn(s, 16)
+            if r is None:
+                return 'closed'
+            magic, error, cookie = struct.unpack('>IIQ', r)
+            assert magic == 0x67446698, hex(magic)
+            return error
+        """;
+
+    [Fact]
+    public async Task BadRequestsGetTheSpecifiedErrorsAndTheConnectionSurvives()
+    {
+        await using var h = ServerHarness.Start();
+        var script = RawClient + $$"""
+
+            h.set_strict_mode(0)
+            size = h.get_size()
+            h.pwrite(b'\x5a' * 65536, 0)
+            res = {}
+            res['read_past_end'] = err(lambda: h.pread(4096, size - 512))
+            res['read_offset_beyond_end'] = err(lambda: h.pread(512, size + 4096))
+            res['write_past_end'] = err(lambda: h.pwrite(b'x' * 4096, size - 512))
+            res['trim_past_end'] = err(lambda: h.trim(4096, size))
+            res['zero_past_end'] = err(lambda: h.zero(4096, size))
+            res['cache_past_end'] = err(lambda: h.cache(4096, size))
+            res['read_zero_length'] = err(lambda: h.pread(0, 0))
+            res['read_unknown_flag'] = err(lambda: h.pread(512, 0, flags=0x40))
+            res['write_df'] = err(lambda: h.pwrite(b'x' * 512, 0, flags=nbd.CMD_FLAG_DF))
+            res['trim_no_hole'] = err(lambda: h.trim(512, 0, flags=nbd.CMD_FLAG_NO_HOLE))
+            res['flush_fua'] = err(lambda: h.flush(flags=nbd.CMD_FLAG_FUA))
+            res['read_oversize'] = err(lambda: h.pread(48 * 1024 * 1024, 0))
+            res['write_oversize_drained'] = err(lambda: h.pwrite(b'y' * (40 * 1024 * 1024), 0))
+            res['fast_zero_no_hole'] = err(lambda: h.zero(65536, 0, nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_NO_HOLE))
+            res['block_status_without_context'] = err(lambda: h.block_status(65536, 0, lambda *a: 0))
+            res['cache'] = err(lambda: h.cache(65536, 0))
+            res['unaligned_write'] = err(lambda: h.pwrite(b'\x5a' * 3, 65535))
+            res['still_serving'] = h.pread(65538, 0) == b'\x5a' * 65538
+            print(json.dumps(res))
+            """;
+        var result = await Tool.NbdshAsync(h.UnixUri(), script);
+        var res = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(result.StdOut.Trim())!;
+        const int einval = 22, enospc = 28, enotsup = 95;
+        Assert.Equal(einval, res["read_past_end"].GetInt32());
+        Assert.Equal(einval, res["read_offset_beyond_end"].GetInt32());
+        Assert.Equal(enospc, res["write_past_end"].GetInt32());
+        Assert.Equal(einval, res["trim_past_end"].GetInt32());
+        Assert.Equal(enospc, res["zero_past_end"].GetInt32());
+        Assert.Equal(einval, res["cache_past_end"].GetInt32());
+        Assert.Equal(einval, res["read_zero_length"].GetInt32());
+        Assert.Equal(einval, res["read_unknown_flag"].GetInt32());
+        Assert.Equal(einval, res["write_df"].GetInt32());
+        Assert.Equal(einval, res["trim_no_hole"].GetInt32());
+        Assert.Equal(0, res["flush_fua"].GetInt32());
+        Assert.Equal(einval, res["read_oversize"].GetInt32());
+        Assert.Equal(einval, res["write_oversize_drained"].GetInt32());
+        Assert.Equal(enotsup, res["fast_zero_no_hole"].GetInt32());
+        Assert.Equal(einval, res["block_status_without_context"].GetInt32());
+        Assert.Equal(0, res["cache"].GetInt32());
+        Assert.Equal(0, res["unaligned_write"].GetInt32());
+        Assert.True(res["still_serving"].GetBoolean(), result.StdOut);
+        // None of the refused writes reached the volume.
+        var image = h.Volume.ToArray();
+        Assert.All(image.AsSpan(0, 65538).ToArray(), b => Assert.Equal(0x5a, b));
+        Assert.All(image.AsSpan(65538, 1 << 20).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(0, image[^1]);
+    }
+
+    [Fact]
+    public async Task BrokenClientsAreDroppedWithoutDisturbingAnotherClient()
+    {
+        await using var h = ServerHarness.Start();
+        var script = RawClient + $$"""
+
+            path = '{{h.SocketPath}}'
+            h.pwrite(b'\x33' * 65536, 0)
+            res = {}
+
+            # Handshake: unknown options are refused and the handshake goes on; bad client flags close.
+            s = raw_connect(path)
+            res['unknown_option'] = option(s, 99)
+            res['list_with_data'] = option(s, 3, b'junk')
+            res['set_meta_before_structured'] = option(s, 10, struct.pack('>I', 4) + b'disk' + struct.pack('>I', 0))
+            res['info_truncated'] = option(s, 6, b'\x00\x00')
+            res['info_unknown_export'] = option(s, 6, struct.pack('>I', 6) + b'nosuch' + struct.pack('>H', 0))
+            res['starttls'] = option(s, 5)
+            go(s)
+            # Transmission: unknown command and unknown flag are refused, the connection stays.
+            request(s, 99, 0, 512)
+            res['unknown_command'] = simple_reply(s)
+            request(s, 0, 0, 512, flags=0x40)
+            res['unknown_flag'] = simple_reply(s)
+            request(s, 1, 0, 4096, flags=0x02, payload=b'\x77' * 4096)
+            res['write_with_no_hole_flag'] = simple_reply(s)
+            request(s, 7, 0, 65536)
+            res['block_status_simple'] = simple_reply(s)
+            request(s, 0, 0, 512, cookie=9)
+            res['read_after_errors'] = simple_reply(s)
+            res['read_data_ok'] = recvn(s, 512) == b'\x33' * 512
+            request(s, 2, 0, 0)
+            res['disc_closes'] = recvn(s, 1) is None
+            s.close()
+
+            s = raw_connect(path, client_flags=7)
+            res['bad_client_flags_closed'] = recvn(s, 1) is None
+            s.close()
+
+            # A write announcing more payload than the server will drain: EINVAL, then close.
+            s = raw_connect(path)
+            go(s)
+            request(s, 1, 0, 0xF0000000)
+            res['huge_write'] = simple_reply(s)
+            res['huge_write_closed'] = recvn(s, 1) is None
+            s.close()
+
+            # Disconnect in the middle of a WRITE payload: nothing of it may land.
+            s = raw_connect(path)
+            go(s)
+            request(s, 1, 0, 1 << 20, payload=b'\xee' * 1000)
+            s.close()
+
+            # Garbage instead of a request header: the stream is lost, the server hangs up.
+            s = raw_connect(path)
+            go(s)
+            s.sendall(b'\xde\xad\xbe\xef' * 7)
+            res['bad_magic_closed'] = recvn(s, 1) is None
+            s.close()
+
+            res['other_client_still_served'] = h.pread(65536, 0) == b'\x33' * 65536
+            print(json.dumps(res))
+            """;
+        var result = await Tool.NbdshAsync(h.UnixUri(), script);
+        var res = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(result.StdOut.Trim())!;
+        const uint ack = 1, unsup = 0x80000001, policy = 0x80000002, invalid = 0x80000003, unknown = 0x80000006;
+        Assert.Equal([unsup], res["unknown_option"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([invalid], res["list_with_data"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([invalid], res["set_meta_before_structured"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([invalid], res["info_truncated"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([unknown], res["info_unknown_export"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([policy], res["starttls"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.NotEqual(ack, unsup);
+        Assert.Equal(22, res["unknown_command"].GetInt32());
+        Assert.Equal(22, res["unknown_flag"].GetInt32());
+        Assert.Equal(22, res["write_with_no_hole_flag"].GetInt32());
+        Assert.Equal(22, res["block_status_simple"].GetInt32());
+        Assert.Equal(0, res["read_after_errors"].GetInt32());
+        Assert.True(res["read_data_ok"].GetBoolean());
+        Assert.True(res["disc_closes"].GetBoolean());
+        Assert.True(res["bad_client_flags_closed"].GetBoolean());
+        Assert.Equal(22, res["huge_write"].GetInt32());
+        Assert.True(res["huge_write_closed"].GetBoolean());
+        Assert.True(res["bad_magic_closed"].GetBoolean());
+        Assert.True(res["other_client_still_served"].GetBoolean());
+
+        var image = h.Volume.ToArray();
+        Assert.All(image.AsSpan(0, 65536).ToArray(), b => Assert.Equal(0x33, b));
+        Assert.DoesNotContain((byte)0xee, image);
+        Assert.DoesNotContain((byte)0x77, image);
+        // Every broken connection is gone; only h's remains until the script ended.
+        await WaitUntilAsync(() => h.Server.ConnectionCount == 0);
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        for (int i = 0; i < 100 && !condition(); i++)
+            await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.True(condition());
+    }
+}
