@@ -1,0 +1,28 @@
+using System.Runtime.InteropServices;
+
+namespace ThinFast.Interop;
+
+/// <summary>mmap(2) and munmap(2).</summary>
+public static unsafe partial class Libc
+{
+    public const int PROT_READ = 0x1;
+    public const int PROT_WRITE = 0x2;
+    public const int MAP_SHARED = 0x01;
+    public const int MAP_POPULATE = 0x8000;
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    private static partial nint mmap_(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    private static partial int munmap_(void* addr, nuint length);
+
+    /// <summary>Returns the mapping's address, or -errno (as a negative nint; MAP_FAILED is never returned).</summary>
+    public static nint Mmap(void* addr, nuint length, int prot, int flags, int fd, long offset)
+    {
+        nint p = mmap_(addr, length, prot, flags, fd, offset);
+        return p == -1 ? -Marshal.GetLastPInvokeError() : p;
+    }
+
+    /// <summary>Returns 0 or -errno.</summary>
+    public static int Munmap(void* addr, nuint length) => Errno.FromLibc(munmap_(addr, length));
+}
