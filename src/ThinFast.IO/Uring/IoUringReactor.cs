@@ -1,0 +1,459 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using ThinFast.Interop;
+
+namespace ThinFast.IO.Uring;
+
+/// <summary>
+/// One dedicated thread that owns one io_uring and serves any number of devices.
+/// </summary>
+/// <remarks>
+/// <para>Threading rule: completions run their continuations inline on the reactor thread, so the
+/// next I/O a continuation issues joins the batch the reactor submits with its next
+/// io_uring_enter. Code that awaits a device must therefore never block (Wait, .Result, sync
+/// device helpers, long CPU work): that stalls every device on this reactor.</para>
+/// <para>Submission is safe from any thread: the SQ, the slots and the waiting queue sit behind one
+/// short lock. Only the reactor thread enters the kernel to submit; a thread that submits while the
+/// reactor sleeps in io_uring_enter(GETEVENTS) wakes it through an eventfd that the ring itself
+/// always has a read pending on.</para>
+/// <para>In-flight requests occupy preallocated slots (struct-of-arrays with a free list);
+/// user_data is generation &lt;&lt; 32 | slot, and the generation changes when a slot is freed, so
+/// a stale or duplicated CQE is counted and ignored instead of completing someone else's request.
+/// There are SQ entries − 1 slots (one entry is kept for the wake-up read) and the CQ is twice the
+/// SQ, so neither queue can overflow; requests beyond the slot count wait in FIFO order.</para>
+/// </remarks>
+public sealed unsafe class IoUringReactor : IDisposable
+{
+#if DEBUG
+    // Small in debug builds so the slot-exhaustion queue and ring wrap-around run in every test.
+    public const uint DefaultEntries = 8;
+#else
+    public const uint DefaultEntries = 512;
+#endif
+    private const ulong WakeUserData = ulong.MaxValue;
+
+    private static readonly Lock s_sharedLock = new();
+    private static IoUringReactor? s_shared;
+    private static string? s_sharedError;
+
+    private readonly IoUringRing _ring;
+    private readonly Lock _lock = new();
+    private readonly IoUringOperation?[] _slotOp;
+    private readonly uint[] _slotGen;
+    private readonly int[] _nextFree;
+    private int _freeHead;
+    private int _inFlight;
+    private uint _unsubmitted;
+    private IoUringOperation? _waitHead;
+    private IoUringOperation? _waitTail;
+    private bool _closed;
+
+    private readonly Lock _poolLock = new();
+    private readonly IoUringOperation[] _pool;
+    private int _poolCount;
+
+    private readonly Lock _registerLock = new();
+    private volatile NativeBuffer[] _registered = [];
+
+    private readonly FileDescriptorHandle _eventFd;
+    private readonly ulong* _eventBuffer;
+    private int _sleeping;
+    private volatile bool _stopping;
+    private readonly Thread _thread;
+    private readonly int _threadId;
+    private readonly long _spinTicks;
+    private long _staleCompletions;
+
+    private readonly ulong[] _reapUserData;
+    private readonly int[] _reapResults;
+    private readonly IoUringOperation?[] _reapOps;
+
+    private IoUringReactor(IoUringRing ring, FileDescriptorHandle eventFd, TimeSpan spin)
+    {
+        _ring = ring;
+        _eventFd = eventFd;
+        _eventBuffer = (ulong*)NativeMemory.AlignedAlloc(sizeof(ulong), sizeof(ulong));
+        int slots = (int)ring.SqEntries - 1;
+        _slotOp = new IoUringOperation?[slots];
+        _slotGen = new uint[slots];
+        _nextFree = new int[slots];
+        for (int i = 0; i < slots; i++)
+            _nextFree[i] = i + 1 < slots ? i + 1 : -1;
+        _freeHead = 0;
+        _pool = new IoUringOperation[slots * 4];
+        for (int i = 0; i < slots; i++)
+            _pool[_poolCount++] = new IoUringOperation(this);
+        _reapUserData = new ulong[ring.CqEntries];
+        _reapResults = new int[ring.CqEntries];
+        _reapOps = new IoUringOperation?[ring.CqEntries];
+        _spinTicks = (long)(spin.TotalSeconds * Stopwatch.Frequency);
+        lock (_lock)
+            ArmWakeLocked();
+        _thread = new Thread(Run) { IsBackground = true, Name = "thinfast-uring" };
+        _threadId = _thread.ManagedThreadId;
+        _thread.Start();
+    }
+
+    /// <summary>How long an idle reactor polls the CQ before it sleeps in the kernel. Polling saves
+    /// the wake-up latency while I/O is flowing; sleeping keeps an idle reactor at 0% CPU.</summary>
+    public static readonly TimeSpan DefaultSpin = TimeSpan.FromMicroseconds(50);
+
+    /// <summary>CQEs whose generation no longer matched their slot (should stay 0).</summary>
+    public long StaleCompletions => Interlocked.Read(ref _staleCompletions);
+
+    public uint SqEntries => _ring.SqEntries;
+
+    /// <summary>The process-wide reactor devices use unless given their own. Created on first
+    /// use; never disposed.</summary>
+    public static IoUringReactor Shared =>
+        TryGetShared(out var reactor, out string? error)
+            ? reactor
+            : throw new BlockDeviceException(BlockError.NotSupported, "io_uring unavailable: " + error);
+
+    public static bool TryGetShared([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out IoUringReactor? reactor, out string? error)
+    {
+        lock (s_sharedLock)
+        {
+            if (s_shared is null && s_sharedError is null && !TryCreate(out s_shared, out s_sharedError))
+                s_shared = null;
+            reactor = s_shared;
+            error = s_sharedError;
+            return reactor is not null;
+        }
+    }
+
+    /// <summary>Sets up a ring and starts its thread. False (with the reason) when io_uring cannot
+    /// be used here: old kernel, io_uring disabled by sysctl, or forbidden by a seccomp filter.</summary>
+    public static bool TryCreate([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out IoUringReactor? reactor, out string? error,
+        uint entries = DefaultEntries, TimeSpan? spin = null)
+    {
+        reactor = null;
+        if (IoUringRing.TryCreate(entries, out var ring, out error) < 0)
+            return false;
+        int efd = Libc.Eventfd(0, Libc.EFD_CLOEXEC);
+        if (efd < 0)
+        {
+            ring!.Dispose();
+            error = "eventfd failed: " + Errno.Describe(efd);
+            return false;
+        }
+        reactor = new IoUringReactor(ring!, new FileDescriptorHandle(efd), spin ?? DefaultSpin);
+        return true;
+    }
+
+    /// <summary>
+    /// Registers every buffer of <paramref name="pool"/> with this ring, so I/O into them uses
+    /// READ_FIXED / WRITE_FIXED (no per-I/O page pinning in the kernel). Call before issuing I/O on
+    /// those buffers. A buffer can belong to one ring only. The table is rebuilt whole each time,
+    /// since the kernel accepts one registration per ring.
+    /// </summary>
+    public void RegisterBuffers(AlignedBufferPool pool)
+    {
+        lock (_registerLock)
+        {
+            var current = _registered;
+            var all = new NativeBuffer[current.Length + pool.Buffers.Count];
+            current.CopyTo(all, 0);
+            for (int i = 0; i < pool.Buffers.Count; i++)
+            {
+                var b = pool.Buffers[i];
+                if (b.RegistrationIndex >= 0)
+                    throw new InvalidOperationException($"buffer {b.PoolIndex} of the pool is already registered with a ring");
+                all[current.Length + i] = b;
+            }
+            if (current.Length > 0)
+            {
+                int u = _ring.Register(IoUring.IORING_UNREGISTER_BUFFERS, null, 0);
+                if (u < 0)
+                    throw BlockErrors.FromErrno(u, "io_uring", "IORING_UNREGISTER_BUFFERS");
+            }
+            var iovecs = new IoVec[all.Length];
+            for (int i = 0; i < all.Length; i++)
+            {
+                iovecs[i].Base = all[i].Pointer;
+                iovecs[i].Length = (nuint)all[i].Length;
+            }
+            int r;
+            fixed (IoVec* p = iovecs)
+                r = _ring.Register(IoUring.IORING_REGISTER_BUFFERS, p, (uint)iovecs.Length);
+            if (r < 0)
+            {
+                foreach (var b in current)
+                    b.RegistrationIndex = -1;
+                _registered = [];
+                throw BlockErrors.FromErrno(r, "io_uring", $"IORING_REGISTER_BUFFERS of {all.Length} buffers (RLIMIT_MEMLOCK applies without CAP_IPC_LOCK)");
+            }
+            for (int i = 0; i < all.Length; i++)
+                all[i].RegistrationIndex = i;
+            _registered = all;
+        }
+    }
+
+    internal bool IsRegistered(NativeBuffer buffer)
+    {
+        var registered = _registered;
+        int i = buffer.RegistrationIndex;
+        return (uint)i < (uint)registered.Length && ReferenceEquals(registered[i], buffer);
+    }
+
+    // ---- operation pool ----
+
+    internal IoUringOperation RentOperation()
+    {
+        lock (_poolLock)
+        {
+            if (_poolCount > 0)
+            {
+                var op = _pool[--_poolCount];
+                _pool[_poolCount] = null!;
+                return op;
+            }
+        }
+        return new IoUringOperation(this);
+    }
+
+    internal void ReturnOperation(IoUringOperation op)
+    {
+        lock (_poolLock)
+        {
+            if (_poolCount < _pool.Length)
+                _pool[_poolCount++] = op;
+        }
+    }
+
+    // ---- submission (any thread) ----
+
+    internal void Submit(IoUringOperation op)
+    {
+        bool closed;
+        lock (_lock)
+        {
+            closed = _closed;
+            if (!closed)
+            {
+                if (_freeHead >= 0)
+                    PrepareLocked(op);
+                else if (_waitTail is null)
+                    _waitHead = _waitTail = op;
+                else
+                    _waitTail = _waitTail.NextWaiting = op;
+            }
+        }
+        if (closed)
+        {
+            op.Fail(new BlockDeviceException(BlockError.Unavailable, "the io_uring reactor has been disposed"));
+            return;
+        }
+        if (Environment.CurrentManagedThreadId != _threadId)
+            WakeIfSleeping();
+    }
+
+    private void PrepareLocked(IoUringOperation op)
+    {
+        int slot = _freeHead;
+        _freeHead = _nextFree[slot];
+        _slotOp[slot] = op;
+        _inFlight++;
+        IoUringSqe* sqe = _ring.TryGetSqe();
+        if (sqe == null)
+            Environment.FailFast($"io_uring SQ full with a free slot ({_inFlight} in flight, {_ring.SqEntries} entries)");
+        op.FillSqe(sqe);
+        sqe->UserData = ((ulong)_slotGen[slot] << 32) | (uint)slot;
+        _unsubmitted++;
+    }
+
+    private void ArmWakeLocked()
+    {
+        IoUringSqe* sqe = _ring.TryGetSqe();
+        if (sqe == null)
+            Environment.FailFast("io_uring SQ full while arming the wake-up read");
+        sqe->Opcode = IoUring.IORING_OP_READ;
+        sqe->Fd = _eventFd.Fd;
+        sqe->Addr = (ulong)_eventBuffer;
+        sqe->Len = sizeof(ulong);
+        sqe->UserData = WakeUserData;
+        _unsubmitted++;
+    }
+
+    private void WakeIfSleeping()
+    {
+        // Pairs with the exchange in Run: either the reactor sees our SQE before it sleeps, or we
+        // see it asleep and wake it.
+        Interlocked.MemoryBarrier();
+        if (Volatile.Read(ref _sleeping) == 1 && Interlocked.Exchange(ref _sleeping, 0) == 1)
+            Libc.EventfdWrite(_eventFd.Fd, 1);
+    }
+
+    // ---- the reactor thread ----
+
+    private void Run()
+    {
+        try
+        {
+            bool spinning = false;
+            long spinStart = 0;
+            while (true)
+            {
+                SubmitPending(wait: false);
+                if (ProcessCompletions() > 0)
+                {
+                    spinning = false;
+                    continue;
+                }
+                if (_stopping && IsDrained())
+                    break;
+                if (Volatile.Read(ref _unsubmitted) > 0)
+                    continue;
+                if (!spinning)
+                {
+                    spinning = true;
+                    spinStart = Stopwatch.GetTimestamp();
+                }
+                if (Stopwatch.GetTimestamp() - spinStart < _spinTicks)
+                {
+                    Thread.SpinWait(16);
+                    continue;
+                }
+                spinning = false;
+                Interlocked.Exchange(ref _sleeping, 1);
+                SubmitPending(wait: true);
+                Interlocked.Exchange(ref _sleeping, 0);
+            }
+        }
+        catch (Exception e)
+        {
+            Environment.FailFast("io_uring reactor loop failed: " + e);
+        }
+        Shutdown();
+    }
+
+    private bool IsDrained()
+    {
+        lock (_lock)
+            return _inFlight == 0 && _waitHead is null;
+    }
+
+    /// <summary>Publishes and submits every queued SQE; with <paramref name="wait"/>, also sleeps
+    /// in the same syscall until at least one completion is available.</summary>
+    private void SubmitPending(bool wait)
+    {
+        uint n;
+        lock (_lock)
+        {
+            n = _unsubmitted;
+            if (n > 0)
+                _ring.PublishSq();
+            _unsubmitted = 0;
+        }
+        if (n == 0 && !wait && !_ring.CqOverflowed)
+            return;
+        // GETEVENTS also moves an overflow backlog (possible only if the sizing rule is broken)
+        // back into the CQ.
+        uint flags = wait || _ring.CqOverflowed ? IoUring.IORING_ENTER_GETEVENTS : 0;
+        uint min = wait ? 1u : 0u;
+        while (true)
+        {
+            int r = _ring.Enter(n, min, flags);
+            if (r >= 0)
+            {
+                // The kernel may stop early (e.g. out of memory for a request); the rest stay in
+                // the SQ and are offered again next time.
+                if ((uint)r < n)
+                {
+                    lock (_lock)
+                        _unsubmitted += n - (uint)r;
+                }
+                return;
+            }
+            // A negative result means nothing was consumed.
+            if (r == -Errno.EINTR)
+                continue;
+            if (r == -Errno.EAGAIN || r == -Errno.EBUSY)
+            {
+                lock (_lock)
+                    _unsubmitted += n;
+                Thread.Yield();
+                return;
+            }
+            Environment.FailFast($"io_uring_enter(to_submit={n}, min_complete={min}, flags={flags}) failed: {Errno.Describe(r)}");
+        }
+    }
+
+    private int ProcessCompletions()
+    {
+        int n = _ring.Reap(_reapUserData, _reapResults);
+        if (n == 0)
+            return 0;
+        lock (_lock)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                ulong userData = _reapUserData[i];
+                _reapOps[i] = null;
+                if (userData == WakeUserData)
+                {
+                    if (!_stopping)
+                        ArmWakeLocked();
+                    continue;
+                }
+                uint slot = (uint)userData;
+                uint generation = (uint)(userData >> 32);
+                if (slot >= (uint)_slotOp.Length || _slotGen[slot] != generation || _slotOp[slot] is null)
+                {
+                    _staleCompletions++;
+                    continue;
+                }
+                _reapOps[i] = _slotOp[slot];
+                _slotOp[slot] = null;
+                _slotGen[slot]++;
+                _nextFree[slot] = _freeHead;
+                _freeHead = (int)slot;
+                _inFlight--;
+            }
+            while (_waitHead is not null && _freeHead >= 0)
+            {
+                var op = _waitHead;
+                _waitHead = op.NextWaiting;
+                op.NextWaiting = null;
+                if (_waitHead is null)
+                    _waitTail = null;
+                PrepareLocked(op);
+            }
+        }
+        for (int i = 0; i < n; i++)
+        {
+            var op = _reapOps[i];
+            if (op is not null)
+            {
+                _reapOps[i] = null;
+                op.OnCompletion(_reapResults[i]);
+            }
+        }
+        return n;
+    }
+
+    private void Shutdown()
+    {
+        lock (_lock)
+            _closed = true;
+        _ring.Dispose();
+        _eventFd.Dispose();
+        NativeMemory.AlignedFree(_eventBuffer);
+        foreach (var b in _registered)
+            b.RegistrationIndex = -1;
+        _registered = [];
+    }
+
+    /// <summary>Waits for every request in flight, then stops the thread and closes the ring.
+    /// Devices still using this reactor fail with <see cref="BlockError.Unavailable"/> afterwards.</summary>
+    public void Dispose()
+    {
+        if (ReferenceEquals(this, s_shared) || _stopping)
+            return;
+        _stopping = true;
+        Interlocked.Exchange(ref _sleeping, 0);
+        Libc.EventfdWrite(_eventFd.Fd, 1);
+        if (Environment.CurrentManagedThreadId != _threadId)
+            _thread.Join();
+    }
+}
