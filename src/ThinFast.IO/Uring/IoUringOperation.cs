@@ -130,7 +130,7 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
         {
             if (++_retries < MaxTransientRetries)
             {
-                _reactor.Submit(this);
+                _reactor.Submit(this, inFlight: true);
                 return;
             }
         }
@@ -141,7 +141,7 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
             {
                 if (res > 0)
                 {
-                    _reactor.Submit(this);
+                    _reactor.Submit(this, inFlight: true);
                     return;
                 }
                 Fail(new BlockDeviceException(BlockError.IoError,

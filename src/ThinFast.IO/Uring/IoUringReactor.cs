@@ -223,12 +223,15 @@ public sealed unsafe class IoUringReactor : IDisposable
 
     // ---- submission (any thread) ----
 
-    internal void Submit(IoUringOperation op)
+    /// <summary>Queues a request. <paramref name="inFlight"/> marks the rest of a request that
+    /// already started (a short transfer, a transient error): those are still accepted while a
+    /// disposed reactor drains, new ones are refused.</summary>
+    internal void Submit(IoUringOperation op, bool inFlight = false)
     {
         bool closed;
         lock (_lock)
         {
-            closed = _closed;
+            closed = _closed || (_stopping && !inFlight);
             if (!closed)
             {
                 if (_freeHead >= 0)
@@ -444,13 +447,20 @@ public sealed unsafe class IoUringReactor : IDisposable
         _registered = [];
     }
 
-    /// <summary>Waits for every request in flight, then stops the thread and closes the ring.
-    /// Devices still using this reactor fail with <see cref="BlockError.Unavailable"/> afterwards.</summary>
+    /// <summary>Refuses new requests at once, lets the ones in flight finish, then stops the thread
+    /// and closes the ring; requests made afterwards fail with <see cref="BlockError.Unavailable"/>.
+    /// Called from another thread it waits for all that; called from a continuation on the reactor
+    /// thread it cannot, and the reactor stops as soon as that continuation returns.</summary>
     public void Dispose()
     {
-        if (ReferenceEquals(this, s_shared) || _stopping)
+        if (ReferenceEquals(this, s_shared))
             return;
-        _stopping = true;
+        lock (_lock)
+        {
+            if (_stopping)
+                return;
+            _stopping = true;
+        }
         Interlocked.Exchange(ref _sleeping, 0);
         Libc.EventfdWrite(_eventFd.Fd, 1);
         if (Environment.CurrentManagedThreadId != _threadId)
