@@ -1,0 +1,96 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ThinFast.Interop;
+
+namespace ThinFast.Engine;
+
+/// <summary>One volume as the manifest records it. dm-thin keeps neither a volume's size nor its
+/// external origin in the metadata (they live in the kernel's table line), so we keep them here.</summary>
+public sealed record VolumeRecord
+{
+    public required string Name { get; init; }
+    public required uint DeviceId { get; init; }
+    public required long Size { get; init; }
+    public string? OriginPath { get; init; }
+    /// <summary>The origin's size when the volume was created: an origin that changed size since is
+    /// refused, because the volume's unprovisioned blocks would silently read different data.</summary>
+    public long? OriginSize { get; init; }
+}
+
+/// <summary>The manifest file beside the metadata: every volume's name, dev_id, size and origin.
+/// Written atomically: temp file, fsync, rename over the old one, fsync of the folder, so a crash
+/// leaves either the old or the new manifest, never a torn one.</summary>
+public sealed record PoolManifest
+{
+    public const int CurrentVersion = 1;
+
+    public int Version { get; init; } = CurrentVersion;
+    public List<VolumeRecord> Volumes { get; init; } = new();
+
+    public static PoolManifest Load(string path)
+    {
+        if (!File.Exists(path))
+            throw new PoolException($"manifest {path} does not exist");
+        PoolManifest? manifest;
+        try
+        {
+            manifest = JsonSerializer.Deserialize(File.ReadAllBytes(path), ManifestJsonContext.Default.PoolManifest);
+        }
+        catch (JsonException e)
+        {
+            throw new PoolException($"manifest {path} is not valid: {e.Message}");
+        }
+        if (manifest is null || manifest.Version != CurrentVersion)
+            throw new PoolException($"manifest {path} has unsupported version {manifest?.Version}");
+        var names = new HashSet<string>();
+        var ids = new HashSet<uint>();
+        foreach (var v in manifest.Volumes)
+        {
+            if (!names.Add(v.Name) || !ids.Add(v.DeviceId))
+                throw new PoolException($"manifest {path} names volume '{v.Name}' (dev {v.DeviceId}) twice");
+        }
+        return manifest;
+    }
+
+    public void Save(string path)
+    {
+        string full = Path.GetFullPath(path);
+        string dir = Path.GetDirectoryName(full)!;
+        string temp = full + ".tmp";
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
+        using (var f = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
+        {
+            f.Write(json);
+            f.Flush(flushToDisk: true);
+        }
+        File.Move(temp, full, overwrite: true);
+        FsyncDirectory(dir);
+    }
+
+    // Makes the rename durable: without it a crash can bring back the old directory entry.
+    private static void FsyncDirectory(string dir)
+    {
+        if (!OperatingSystem.IsLinux())
+            return;
+        int fd = Libc.Open(dir, Libc.O_RDONLY | Libc.O_CLOEXEC);
+        if (fd < 0)
+            throw new IOException($"cannot open directory {dir} to fsync it: errno {-fd}");
+        try
+        {
+            int rc = Libc.Fsync(fd);
+            if (rc < 0)
+                throw new IOException($"fsync of directory {dir} failed: errno {-rc}");
+        }
+        finally
+        {
+            Libc.Close(fd);
+        }
+    }
+}
+
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(PoolManifest))]
+internal sealed partial class ManifestJsonContext : JsonSerializerContext
+{
+}

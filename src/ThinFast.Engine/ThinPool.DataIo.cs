@@ -1,0 +1,121 @@
+using System.Runtime.CompilerServices;
+using ThinFast.IO;
+
+namespace ThinFast.Engine;
+
+// ---- Data-path helpers: aligned I/O with bounce buffers where the request is not aligned ----
+public sealed partial class ThinPool
+{
+    internal NativeBuffer RentBounce()
+    {
+        // The pool is sized for the common load; past it a temporary buffer keeps the request
+        // moving instead of stalling it (it is freed on return, so this path allocates).
+        return BounceBuffers.TryRent(out var buffer) ? buffer : new NativeBuffer(ChunkSize);
+    }
+
+    internal void ReturnBounce(NativeBuffer buffer)
+    {
+        if (buffer.PoolIndex >= 0)
+            BounceBuffers.Return(buffer);
+        else
+            ((IDisposable)buffer).Dispose();
+    }
+
+    private static bool IsDirect(IBlockDevice device, long offset, int length, ReadOnlySpan<byte> buffer)
+    {
+        int lbs = device.LogicalBlockSize;
+        return (offset & (lbs - 1)) == 0 && (length & (lbs - 1)) == 0 && BlockDeviceExtensions.IsAligned(buffer, device.BufferAlignment);
+    }
+
+    /// <summary>Reads any byte range of <paramref name="device"/>: straight into the caller's
+    /// buffer when offset, length and address suit O_DIRECT, else through a bounce buffer
+    /// covering the enclosing aligned range.</summary>
+    internal ValueTask ReadAnyAsync(IBlockDevice device, long offset, Memory<byte> destination) =>
+        IsDirect(device, offset, destination.Length, destination.Span)
+            ? device.ReadAsync(offset, destination)
+            : ReadBouncedAsync(device, offset, destination);
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadBouncedAsync(IBlockDevice device, long offset, Memory<byte> destination)
+    {
+        int lbs = device.LogicalBlockSize;
+        var bounce = RentBounce();
+        try
+        {
+            int done = 0;
+            while (done < destination.Length)
+            {
+                long position = offset + done;
+                long alignedStart = position & ~(long)(lbs - 1);
+                int lead = (int)(position - alignedStart);
+                int take = Math.Min(destination.Length - done, ChunkSize - lead);
+                long alignedEnd = (position + take + lbs - 1) & ~(long)(lbs - 1);
+                int alignedLength = (int)(alignedEnd - alignedStart);
+                await device.ReadAsync(alignedStart, bounce.Memory[..alignedLength]);
+                bounce.Memory.Span.Slice(lead, take).CopyTo(destination.Span[done..]);
+                done += take;
+            }
+        }
+        finally
+        {
+            ReturnBounce(bounce);
+        }
+    }
+
+    /// <summary>Writes any byte range of the data device, read-modify-writing the partial sectors
+    /// at the edges. The caller holds the block lock, so nobody else touches those sectors.</summary>
+    internal ValueTask WriteAnyAsync(long offset, ReadOnlyMemory<byte> source) =>
+        IsDirect(Data, offset, source.Length, source.Span)
+            ? Data.WriteAsync(offset, source)
+            : WriteBouncedAsync(offset, source);
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> source)
+    {
+        int lbs = Data.LogicalBlockSize;
+        var bounce = RentBounce();
+        try
+        {
+            int done = 0;
+            while (done < source.Length)
+            {
+                long position = offset + done;
+                long alignedStart = position & ~(long)(lbs - 1);
+                int lead = (int)(position - alignedStart);
+                int take = Math.Min(source.Length - done, ChunkSize - lead);
+                long alignedEnd = (position + take + lbs - 1) & ~(long)(lbs - 1);
+                int alignedLength = (int)(alignedEnd - alignedStart);
+                var buffer = bounce.Memory[..alignedLength];
+                if (lead != 0 || ((position + take) & (lbs - 1)) != 0)
+                    await Data.ReadAsync(alignedStart, buffer);
+                source.Span.Slice(done, take).CopyTo(buffer.Span[lead..]);
+                await Data.WriteAsync(alignedStart, buffer);
+                done += take;
+            }
+        }
+        finally
+        {
+            ReturnBounce(bounce);
+        }
+    }
+
+    /// <summary>Discards data blocks nobody maps any more on the data device (dm-thin's
+    /// discard_passdown), coalescing runs. Safe before the commit: blocks freed in the open
+    /// transaction are not reused until it commits, and a crash that brings back their old
+    /// mappings only shows discarded (zeroed) data where a discard was asked for.</summary>
+    internal async ValueTask PassDownAsync(List<ulong> freed)
+    {
+        if (!Options.DiscardPassdown || freed.Count == 0)
+            return;
+        freed.Sort();
+        int i = 0;
+        while (i < freed.Count)
+        {
+            int j = i + 1;
+            while (j < freed.Count && freed[j] == freed[j - 1] + 1)
+                j++;
+            await Data.DiscardAsync((long)freed[i] * BlockSize, (long)(j - i) * BlockSize);
+            i = j;
+        }
+    }
+}

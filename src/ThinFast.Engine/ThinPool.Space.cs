@@ -1,0 +1,167 @@
+using System.Runtime.CompilerServices;
+using ThinFast.IO;
+
+namespace ThinFast.Engine;
+
+// ---- Data space: allocation, the low-water event, out-of-space queueing, growing ----
+public sealed partial class ThinPool
+{
+    private readonly object _spaceLock = new();
+    private PooledSignal? _spaceWaiters;
+    private long _spaceWaitDeadline;
+
+    /// <summary>Allocates one data block (reference count 1). Out of space it commits once (blocks
+    /// freed in the open transaction become usable only then), then either fails with
+    /// <see cref="BlockError.NoSpace"/> or queues until the pool grows or space is freed, for at
+    /// most <see cref="PoolOptions.NoSpaceTimeout"/>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    internal async ValueTask<ulong> AllocateDataBlockAsync()
+    {
+        bool committed = false;
+        while (true)
+        {
+            switch (_mode)
+            {
+                case PoolMode.ReadOnly:
+                case PoolMode.Fail:
+                    throw new BlockDeviceException(BlockError.IoError, $"cannot allocate: pool is in {_mode} mode");
+            }
+            if (TryAllocate(out ulong block))
+                return block;
+            if (!committed && _dirty)
+            {
+                committed = true;
+                await FlushAsync();
+                continue;
+            }
+            SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
+            if (Options.ErrorIfNoSpace || _noSpaceTimedOut)
+                throw NoSpace();
+            await WaitForSpaceAsync();
+        }
+    }
+
+    private bool TryAllocate(out ulong block)
+    {
+        ulong free;
+        _metadataLock.EnterWriteLock();
+        try
+        {
+            if (!_metadata.TryAllocateDataBlock(out block))
+                return false;
+            _dirty = true;
+            free = _metadata.FreeDataBlocks;
+        }
+        catch (Exception e) when (!IsCallerError(e))
+        {
+            AbortAndDegrade(e);
+            throw;
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
+        }
+        if ((long)free <= Options.LowWaterBlocks && !_lowWaterFired)
+        {
+            _lowWaterFired = true;
+            Log($"low water: {free} free data blocks (threshold {Options.LowWaterBlocks})");
+        }
+        return true;
+    }
+
+    private ValueTask WaitForSpaceAsync()
+    {
+        var waiter = PooledSignal.Rent();
+        lock (_spaceLock)
+        {
+            if (_spaceWaiters is null && Options.NoSpaceTimeout > TimeSpan.Zero)
+                _spaceWaitDeadline = Environment.TickCount64 + (long)Options.NoSpaceTimeout.TotalMilliseconds;
+            waiter.Next = _spaceWaiters;
+            _spaceWaiters = waiter;
+        }
+        return waiter.Task;
+    }
+
+    /// <summary>Wakes queued allocations after anything that may have freed space (commit,
+    /// delete, grow); they retry, and queue again if there is still none.</summary>
+    private void SignalSpace()
+    {
+        ulong free = ReadMetadata(m => m.FreeDataBlocks);
+        if (free == 0)
+            return;
+        if ((long)free > Options.LowWaterBlocks)
+            _lowWaterFired = false;
+        PooledSignal? waiters;
+        lock (_spaceLock)
+        {
+            waiters = _spaceWaiters;
+            _spaceWaiters = null;
+            _noSpaceTimedOut = false;
+            if (_mode == PoolMode.OutOfDataSpace)
+                _mode = PoolMode.Write;
+        }
+        if (waiters is not null)
+            Log($"data space available ({free} free blocks): resuming queued writes");
+        while (waiters is not null)
+        {
+            var next = waiters.Next;
+            waiters.Next = null;
+            waiters.Complete();
+            waiters = next;
+        }
+    }
+
+    /// <summary>After the no-space timeout, fails the queue with ENOSPC and makes later
+    /// allocations fail at once until space returns (dm-thin's no_space_timeout).</summary>
+    private void ExpireSpaceWaiters()
+    {
+        lock (_spaceLock)
+        {
+            if (_spaceWaiters is null || Options.NoSpaceTimeout <= TimeSpan.Zero || Environment.TickCount64 < _spaceWaitDeadline)
+                return;
+            _noSpaceTimedOut = true;
+        }
+        Log($"no data space for {Options.NoSpaceTimeout.TotalSeconds:0} s: failing queued writes with ENOSPC");
+        FailSpaceWaiters(NoSpace());
+    }
+
+    private void FailSpaceWaiters(Exception error)
+    {
+        PooledSignal? waiters;
+        lock (_spaceLock)
+        {
+            waiters = _spaceWaiters;
+            _spaceWaiters = null;
+        }
+        while (waiters is not null)
+        {
+            var next = waiters.Next;
+            waiters.Next = null;
+            waiters.Fail(error);
+            waiters = next;
+        }
+    }
+
+    private static BlockDeviceException NoSpace() => new(BlockError.NoSpace, "thin pool is out of data space", errno: 28);
+
+    /// <summary>Grows the data device online to <paramref name="newLength"/> bytes and lets queued
+    /// writes proceed.</summary>
+    public void GrowData(long newLength)
+    {
+        lock (_adminLock)
+        {
+            ThrowIfNotWritable("grow the data device");
+            ulong newBlocks = (ulong)(newLength / BlockSize);
+            ulong current = ReadMetadata(m => m.DataBlockCount);
+            if (newBlocks < current)
+                throw new PoolException($"cannot shrink the data space from {current} to {newBlocks} blocks");
+            if (newBlocks == current)
+                return;
+            if (Data.Length < newLength)
+                Data.Grow(newLength);
+            MutateMetadata(m => m.GrowDataSpace(newBlocks));
+            CommitCore();
+            Log($"data space grown to {newBlocks} blocks");
+        }
+    }
+}

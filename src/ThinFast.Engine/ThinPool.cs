@@ -1,0 +1,516 @@
+using ThinFast.IO;
+using ThinFast.Metadata;
+
+namespace ThinFast.Engine;
+
+/// <summary>The devices a pool lives on. The pool owns and disposes them.</summary>
+public sealed record PoolDevices
+{
+    public required IBlockDevice Metadata { get; init; }
+    public required IBlockDevice Data { get; init; }
+    /// <summary>The manifest file (volume names, sizes, origins), kept beside the metadata.</summary>
+    public required string ManifestPath { get; init; }
+    /// <summary>Opens an external origin read-only by path.</summary>
+    public required Func<string, IBlockDevice> OpenOrigin { get; init; }
+}
+
+/// <summary>
+/// A thin pool: a dm-thin metadata device, a data device of fixed-size blocks shared by thin
+/// volumes, and the manifest. Volumes allocate on first write, snapshots share blocks, and a
+/// volume may sit on a read-only external origin. See docs/engine.md.
+/// </summary>
+/// <remarks>
+/// Locking, outermost first: a volume's I/O gate (closed while it is snapshotted) → block locks
+/// (<see cref="BlockLockTable"/>) → the metadata lock (a reader/writer lock: lookups share it,
+/// mutations and commits take it exclusive) → <see cref="_commitLock"/> is only ever taken
+/// without the metadata lock held. Data I/O is never issued with the metadata lock held.
+/// </remarks>
+public sealed partial class ThinPool : IDisposable
+{
+    private readonly PoolDevices _devices;
+    private readonly ThinMetadata _metadata;
+    private readonly ReaderWriterLockSlim _metadataLock = new(LockRecursionPolicy.NoRecursion);
+    private readonly object _adminLock = new();
+    private readonly Dictionary<string, ThinVolume> _volumes = new(StringComparer.Ordinal);
+    private PoolManifest _manifest;
+
+    internal readonly BlockLockTable BlockLocks = new();
+    internal readonly AlignedBufferPool BounceBuffers;
+    /// <summary>Never written: the source of zeros for provisioning.</summary>
+    internal readonly NativeBuffer ZeroBuffer;
+
+    private volatile PoolMode _mode = PoolMode.Write;
+    private volatile bool _dirty;
+    private long _mappingChanges;
+    private bool _lowWaterFired;
+    private bool _noSpaceTimedOut;
+    private bool _disposed;
+
+    private ThinPool(PoolDevices devices, PoolOptions options, ThinMetadata metadata, PoolManifest manifest)
+    {
+        _devices = devices;
+        Options = options;
+        _metadata = metadata;
+        _manifest = manifest;
+        BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512u));
+        ChunkSize = Math.Min(BlockSize, MaxChunk);
+        BounceBuffers = new AlignedBufferPool(ChunkSize, options.BounceBuffers);
+        ZeroBuffer = new NativeBuffer(ChunkSize);
+        _commitThread = new Thread(CommitLoop) { IsBackground = true, Name = "thinfast-commit" };
+        _commitThread.Start();
+    }
+
+    /// <summary>Largest piece of a block moved through one bounce buffer.</summary>
+    internal const int MaxChunk = 1 << 20;
+
+    public PoolOptions Options { get; }
+
+    /// <summary>Data block size in bytes.</summary>
+    public int BlockSize { get; }
+
+    internal int ChunkSize { get; }
+
+    internal IBlockDevice Data => _devices.Data;
+
+    public PoolMode Mode => _mode;
+
+    /// <summary>Formats new metadata and an empty manifest on the devices.</summary>
+    public static ThinPool Create(PoolDevices devices, PoolOptions options)
+    {
+        options.Validate();
+        if (File.Exists(devices.ManifestPath))
+            throw new PoolException($"manifest {devices.ManifestPath} already exists: a pool is there");
+        ulong dataBlocks = (ulong)(devices.Data.Length / options.BlockSize);
+        if (dataBlocks == 0)
+            throw new PoolException($"data device {devices.Data.Name} ({devices.Data.Length} bytes) is smaller than one {options.BlockSize}-byte block");
+        var metadata = ThinMetadata.Format(devices.Metadata, (uint)(options.BlockSize / 512), dataBlocks);
+        var manifest = new PoolManifest();
+        manifest.Save(devices.ManifestPath);
+        return new ThinPool(devices, options, metadata, manifest);
+    }
+
+    /// <summary>Opens an existing pool. Volumes whose origin is missing or changed are reported
+    /// by <see cref="GetVolume"/> with the reason; the others serve normally.</summary>
+    public static ThinPool Open(PoolDevices devices, PoolOptions options)
+    {
+        var manifest = PoolManifest.Load(devices.ManifestPath);
+        var metadata = ThinMetadata.Open(devices.Metadata);
+        try
+        {
+            foreach (var v in manifest.Volumes)
+            {
+                if (!metadata.DeviceExists(v.DeviceId))
+                    throw new PoolException($"manifest names volume '{v.Name}' as dev {v.DeviceId}, which the metadata does not have");
+            }
+            ulong dataBlocks = (ulong)(devices.Data.Length / ((long)metadata.DataBlockSizeSectors * 512));
+            if (dataBlocks < metadata.DataBlockCount)
+                throw new PoolException($"data device {devices.Data.Name} holds {dataBlocks} blocks but the metadata maps {metadata.DataBlockCount}: wrong or truncated data device");
+            var pool = new ThinPool(devices, options with { BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512)) }, metadata, manifest);
+            foreach (var v in manifest.Volumes)
+                pool._volumes[v.Name] = pool.Activate(v);
+            return pool;
+        }
+        catch
+        {
+            metadata.Dispose();
+            throw;
+        }
+    }
+
+    // ---- Volumes ----
+
+    public IReadOnlyList<VolumeRecord> VolumeRecords
+    {
+        get { lock (_adminLock) return _manifest.Volumes.ToArray(); }
+    }
+
+    public ThinVolume GetVolume(string name)
+    {
+        lock (_adminLock)
+        {
+            if (!_volumes.TryGetValue(name, out var volume))
+                throw new PoolException($"no volume named '{name}'");
+            return volume;
+        }
+    }
+
+    public ThinVolume CreateVolume(string name, long size, string? originPath = null)
+    {
+        ValidateName(name);
+        if (size <= 0 || size % 512 != 0)
+            throw new PoolException($"volume size {size} must be a positive multiple of 512 bytes");
+        IBlockDevice? origin = null;
+        if (originPath is not null)
+            origin = OpenOrigin(originPath, expectedSize: null, volumeName: name);
+        try
+        {
+            lock (_adminLock)
+            {
+                ThrowIfNotWritable("create a volume");
+                if (_volumes.ContainsKey(name))
+                    throw new PoolException($"a volume named '{name}' already exists");
+                uint id = NextDeviceId();
+                MutateMetadata(m => m.CreateThin(id));
+                CommitCore();
+                var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = origin?.Length };
+                SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record] });
+                var volume = new ThinVolume(this, record, origin);
+                _volumes[name] = volume;
+                return volume;
+            }
+        }
+        catch
+        {
+            origin?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>An instant snapshot of <paramref name="sourceName"/>: it shares every block and keeps
+    /// the source's origin and size. The source's I/O is paused while the snapshot is taken, so
+    /// the snapshot holds exactly the writes completed before this call.</summary>
+    public ThinVolume CreateSnapshot(string sourceName, string name)
+    {
+        ValidateName(name);
+        lock (_adminLock)
+        {
+            ThrowIfNotWritable("create a snapshot");
+            if (_volumes.ContainsKey(name))
+                throw new PoolException($"a volume named '{name}' already exists");
+            var source = GetVolume(sourceName);
+            var sourceRecord = source.Record;
+            IBlockDevice? origin = sourceRecord.OriginPath is null ? null : OpenOrigin(sourceRecord.OriginPath, sourceRecord.OriginSize, name);
+            try
+            {
+                source.Gate.CloseAndDrain();
+                try
+                {
+                    uint id = NextDeviceId();
+                    MutateMetadata(m => m.CreateSnapshot(id, sourceRecord.DeviceId));
+                    CommitCore();
+                    var record = sourceRecord with { Name = name, DeviceId = id };
+                    SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record] });
+                    var volume = new ThinVolume(this, record, origin);
+                    _volumes[name] = volume;
+                    return volume;
+                }
+                finally
+                {
+                    source.Gate.Open();
+                }
+            }
+            catch
+            {
+                origin?.Dispose();
+                throw;
+            }
+        }
+    }
+
+    /// <summary>Deletes a volume and frees the blocks only it used. The volume must not be in use:
+    /// its I/O gate is closed for good first.</summary>
+    public void DeleteVolume(string name)
+    {
+        lock (_adminLock)
+        {
+            ThrowIfNotWritable("delete a volume");
+            var volume = GetVolume(name);
+            volume.Gate.Retire($"volume '{name}' was deleted");
+            // Manifest first: a crash after it leaves an orphan device in the metadata (space held,
+            // nothing visible), never a manifest entry without its device.
+            SaveManifest(_manifest with { Volumes = _manifest.Volumes.Where(v => v.Name != name).ToList() });
+            _volumes.Remove(name);
+            volume.DisposeOrigin();
+            MutateMetadata(m => m.DeleteDevice(volume.DeviceId));
+            CommitCore();
+        }
+    }
+
+    private ThinVolume Activate(VolumeRecord record)
+    {
+        IBlockDevice? origin = null;
+        string? unavailable = null;
+        if (record.OriginPath is not null)
+        {
+            try
+            {
+                origin = OpenOrigin(record.OriginPath, record.OriginSize, record.Name);
+            }
+            catch (Exception e) when (e is PoolException or IOException or UnauthorizedAccessException)
+            {
+                unavailable = e.Message;
+                Log($"volume '{record.Name}' is unavailable: {e.Message}");
+            }
+        }
+        return new ThinVolume(this, record, origin, unavailable);
+    }
+
+    private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)
+    {
+        IBlockDevice origin;
+        try
+        {
+            origin = _devices.OpenOrigin(path);
+        }
+        catch (FileNotFoundException)
+        {
+            throw new PoolException($"origin {path} of volume '{volumeName}' does not exist");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new PoolException($"origin {path} of volume '{volumeName}' cannot be opened: {e.Message}", e);
+        }
+        if (!origin.IsReadOnly)
+        {
+            origin.Dispose();
+            throw new PoolException($"origin {path} was not opened read-only");
+        }
+        if (expectedSize is { } size && origin.Length != size)
+        {
+            origin.Dispose();
+            throw new PoolException($"origin {path} of volume '{volumeName}' changed size from {size} to {origin.Length} bytes; refusing to serve stale data");
+        }
+        if (origin.Length % 512 != 0)
+        {
+            origin.Dispose();
+            throw new PoolException($"origin {path} is {origin.Length} bytes, not a multiple of 512");
+        }
+        return origin;
+    }
+
+    private uint NextDeviceId()
+    {
+        // dm-thin message ids are below 2^24; reuse the lowest free one.
+        var used = new HashSet<ulong>(ReadMetadata(m => m.DeviceIds.ToArray()));
+        for (uint id = 1; id < 1u << 24; id++)
+            if (!used.Contains(id))
+                return id;
+        throw new PoolException("no free device id (2^24 devices exist)");
+    }
+
+    private void SaveManifest(PoolManifest manifest)
+    {
+        manifest.Save(_devices.ManifestPath);
+        _manifest = manifest;
+    }
+
+    private static void ValidateName(string name)
+    {
+        if (string.IsNullOrEmpty(name) || name.Length > 128 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')) || name[0] == '.')
+            throw new PoolException($"volume name '{name}' must be 1-128 characters of letters, digits, '-', '_' and '.', not starting with '.'");
+    }
+
+    // ---- Metadata access ----
+
+    /// <summary>Runs a read-only metadata query under the shared lock.</summary>
+    internal T ReadMetadata<T>(Func<ThinMetadata, T> query)
+    {
+        _metadataLock.EnterReadLock();
+        try
+        {
+            return query(_metadata);
+        }
+        finally
+        {
+            _metadataLock.ExitReadLock();
+        }
+    }
+
+    internal bool TryLookup(uint deviceId, ulong virtualBlock, out BlockMapping mapping)
+    {
+        _metadataLock.EnterReadLock();
+        try
+        {
+            return _metadata.TryLookup(deviceId, virtualBlock, out mapping);
+        }
+        finally
+        {
+            _metadataLock.ExitReadLock();
+        }
+    }
+
+    internal int LookupRange(uint deviceId, ulong first, ulong end, Span<MappedRange> result)
+    {
+        _metadataLock.EnterReadLock();
+        try
+        {
+            return _metadata.LookupRange(deviceId, first, end, result);
+        }
+        finally
+        {
+            _metadataLock.ExitReadLock();
+        }
+    }
+
+    /// <summary>Runs a metadata mutation under the exclusive lock. A failure inside the metadata
+    /// layer (I/O error, exhaustion, corruption) aborts the transaction and degrades the pool to
+    /// read-only, as dm-thin does; argument errors from the caller do not.</summary>
+    private void MutateMetadata(Action<ThinMetadata> mutation)
+    {
+        _metadataLock.EnterWriteLock();
+        try
+        {
+            mutation(_metadata);
+            _dirty = true;
+            _mappingChanges++;
+        }
+        catch (Exception e) when (!IsCallerError(e))
+        {
+            AbortAndDegrade(e);
+            throw;
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
+        }
+    }
+
+    /// <summary>Errors that say the request was wrong (a name taken, an id unknown), as opposed to
+    /// the metadata failing underneath it. Only the latter degrade the pool.</summary>
+    private static bool IsCallerError(Exception e) =>
+        e is PoolException or ArgumentException or KeyNotFoundException
+        || (e is InvalidOperationException && e is not MetadataSpaceExhaustedException);
+
+    internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
+        MutateMetadata(m => m.Insert(deviceId, virtualBlock, dataBlock));
+
+    /// <summary>Unmaps blocks [first, end) of a device; returns the data blocks nobody references
+    /// any more (for discard passdown) into <paramref name="freed"/>.</summary>
+    internal void UnmapRange(uint deviceId, ulong first, ulong end, List<ulong> freed)
+    {
+        Span<MappedRange> runs = stackalloc MappedRange[64];
+        _metadataLock.EnterWriteLock();
+        try
+        {
+            ulong cursor = first;
+            while (cursor < end)
+            {
+                int n = _metadata.LookupRange(deviceId, cursor, end, runs);
+                if (n == 0)
+                    break;
+                foreach (var run in runs[..n])
+                {
+                    for (ulong i = 0; i < run.Length; i++)
+                    {
+                        _metadata.Remove(deviceId, run.VirtualBlock + i);
+                        if (_metadata.GetDataBlockRefCount(run.DataBlock + i) == 0)
+                            freed.Add(run.DataBlock + i);
+                    }
+                    cursor = run.VirtualBlock + run.Length;
+                }
+                _dirty = true;
+                _mappingChanges++;
+            }
+        }
+        catch (Exception e) when (!IsCallerError(e))
+        {
+            AbortAndDegrade(e);
+            throw;
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
+        }
+    }
+
+    internal void ReleaseDataBlock(ulong dataBlock)
+    {
+        try
+        {
+            MutateMetadata(m => m.ReleaseDataBlock(dataBlock));
+        }
+        catch (Exception e)
+        {
+            // dm-thin leaves such a block allocated until repair (quirk Q5); the pool is already
+            // degraded if this failed, so only report it.
+            Log($"could not release data block {dataBlock} after a failed write: {e.Message}");
+        }
+    }
+
+    private void AbortAndDegrade(Exception cause)
+    {
+        try
+        {
+            _metadata.Abort();
+            _dirty = false;
+            SetMode(PoolMode.ReadOnly, $"metadata operation failed, transaction aborted: {cause.Message}");
+        }
+        catch (Exception e)
+        {
+            SetMode(PoolMode.Fail, $"metadata abort failed: {e.Message}");
+        }
+    }
+
+    // ---- Modes, status, events ----
+
+    private void SetMode(PoolMode mode, string why)
+    {
+        lock (_spaceLock)
+        {
+            if (_mode == mode || _mode == PoolMode.Fail || (_mode == PoolMode.ReadOnly && mode != PoolMode.Fail))
+                return;
+            _mode = mode;
+        }
+        Log($"pool mode -> {mode}: {why}");
+    }
+
+    private void ThrowIfNotWritable(string what)
+    {
+        if (_mode is PoolMode.ReadOnly or PoolMode.Fail)
+            throw new PoolException($"cannot {what}: pool is in {_mode} mode");
+    }
+
+    internal void Log(string message) => Options.Log?.Invoke(message);
+
+    public PoolStatus GetStatus()
+    {
+        return ReadMetadata(m => new PoolStatus(
+            m.TransactionId,
+            m.MetadataBlockCount - m.FreeMetadataBlocks,
+            m.MetadataBlockCount,
+            m.DataBlockCount - m.FreeDataBlocks,
+            m.DataBlockCount,
+            BlockSize,
+            _mode,
+            Options.ErrorIfNoSpace || _noSpaceTimedOut,
+            m.NeedsCheck,
+            Options.LowWaterBlocks,
+            _dirty));
+    }
+
+    /// <summary>Mapped blocks of a volume (dm-thin's details.mapped_blocks).</summary>
+    internal ulong MappedBlocks(uint deviceId) => ReadMetadata(m => m.GetDetails(deviceId).MappedBlocks);
+
+    public void Dispose()
+    {
+        lock (_adminLock)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+        }
+        foreach (var v in _volumes.Values)
+            v.Gate.Retire("the pool is closed");
+        StopCommitThread();
+        if (_mode is PoolMode.Write or PoolMode.OutOfDataSpace)
+        {
+            try
+            {
+                CommitNow();
+            }
+            catch (Exception e)
+            {
+                Log($"final commit failed: {e.Message}");
+            }
+        }
+        FailSpaceWaiters(new BlockDeviceException(BlockError.Unavailable, "pool is closing"));
+        foreach (var v in _volumes.Values)
+            v.DisposeOrigin();
+        _metadata.Dispose();
+        _devices.Metadata.Dispose();
+        _devices.Data.Dispose();
+        BounceBuffers.Dispose();
+        ((IDisposable)ZeroBuffer).Dispose();
+        _metadataLock.Dispose();
+    }
+}

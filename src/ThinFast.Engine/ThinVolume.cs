@@ -1,0 +1,564 @@
+using System.Runtime.CompilerServices;
+using ThinFast.IO;
+using ThinFast.Metadata;
+
+namespace ThinFast.Engine;
+
+/// <summary>
+/// A thin volume: what the front ends serve. Requests are split at data-block boundaries and each
+/// block is decided on its own (dm-thin's rules, docs/engine.md): read the pool, the origin or
+/// zeros; write in place, or provision a new block (copying the rest of it from the origin, from
+/// the shared block, or zeros) and insert the mapping.
+/// </summary>
+public sealed partial class ThinVolume : IBlockVolume
+{
+    private readonly ThinPool _pool;
+    private IBlockDevice? _origin;
+    private readonly long _originSize;
+    private readonly string? _unavailable;
+    private readonly int _blockSize;
+
+    internal readonly IoGate Gate = new();
+
+    internal ThinVolume(ThinPool pool, VolumeRecord record, IBlockDevice? origin, string? unavailable = null)
+    {
+        _pool = pool;
+        Record = record;
+        _origin = origin;
+        _originSize = origin?.Length ?? 0;
+        _unavailable = unavailable;
+        _blockSize = pool.BlockSize;
+    }
+
+    internal VolumeRecord Record { get; }
+
+    internal uint DeviceId => Record.DeviceId;
+
+    public string Name => Record.Name;
+
+    public long Size => Record.Size;
+
+    public bool IsReadOnly => false;
+
+    public int AllocationUnit => _blockSize;
+
+    public string? OriginPath => Record.OriginPath;
+
+    /// <summary>Why the volume cannot serve (its origin is missing or changed), or null.</summary>
+    public string? UnavailableReason => _unavailable;
+
+    /// <summary>Number of data blocks mapped by this volume (dm-thin's mapped_blocks).</summary>
+    public ulong MappedBlocks => _pool.MappedBlocks(DeviceId);
+
+    internal void DisposeOrigin()
+    {
+        _origin?.Dispose();
+        _origin = null;
+    }
+
+    // ---- Reads ----
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination)
+    {
+        if (!CheckRequest(offset, destination.Length, write: false, out var error))
+            return ValueTask.FromException(error);
+        return destination.Length == 0 ? ValueTask.CompletedTask : ReadCoreAsync(offset, destination);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadCoreAsync(long offset, Memory<byte> destination)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            int done = 0;
+            while (done < destination.Length)
+            {
+                long position = offset + done;
+                ulong first = (ulong)(position / _blockSize);
+                int length = SegmentLength(position, destination.Length - done, out int blocks);
+                await LockAsync(first, blocks, exclusive: false);
+                try
+                {
+                    await ReadSegmentAsync(position, destination.Slice(done, length));
+                }
+                finally
+                {
+                    Unlock(first, blocks, exclusive: false);
+                }
+                done += length;
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+    }
+
+    private enum Source : byte { Zero, Origin, Pool }
+
+    /// <summary>Reads a run of blocks the caller has locked, coalescing consecutive blocks that
+    /// come from the same place (contiguous pool blocks, the origin, zeros) into one I/O.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadSegmentAsync(long offset, Memory<byte> destination)
+    {
+        int runStart = 0, runLength = 0;
+        Source runSource = Source.Zero;
+        ulong runDataBlock = 0, runNextDataBlock = 0;
+        int done = 0;
+        while (done < destination.Length)
+        {
+            long position = offset + done;
+            ulong block = (ulong)(position / _blockSize);
+            int inBlock = (int)(position % _blockSize);
+            int piece = Math.Min(_blockSize - inBlock, destination.Length - done);
+            Source source;
+            ulong dataBlock = 0;
+            if (_pool.TryLookup(DeviceId, block, out var mapping))
+            {
+                source = Source.Pool;
+                dataBlock = mapping.DataBlock;
+            }
+            else
+            {
+                source = _origin is null ? Source.Zero : Source.Origin;
+            }
+
+            bool continues = runLength > 0 && source == runSource && (source != Source.Pool || dataBlock == runNextDataBlock);
+            if (!continues)
+            {
+                if (runLength > 0)
+                    await ReadRunAsync(runSource, runDataBlock, offset + runStart, destination.Slice(runStart, runLength));
+                runStart = done;
+                runLength = 0;
+                runSource = source;
+                runDataBlock = dataBlock;
+            }
+            runNextDataBlock = dataBlock + 1;
+            runLength += piece;
+            done += piece;
+        }
+        if (runLength > 0)
+            await ReadRunAsync(runSource, runDataBlock, offset + runStart, destination.Slice(runStart, runLength));
+    }
+
+    private ValueTask ReadRunAsync(Source source, ulong firstDataBlock, long virtualOffset, Memory<byte> destination)
+    {
+        switch (source)
+        {
+            case Source.Zero:
+                destination.Span.Clear();
+                return ValueTask.CompletedTask;
+            case Source.Origin:
+                return ReadOriginAsync(virtualOffset, destination);
+            default:
+                long deviceOffset = (long)firstDataBlock * _blockSize + virtualOffset % _blockSize;
+                return _pool.ReadAnyAsync(_pool.Data, deviceOffset, destination);
+        }
+    }
+
+    /// <summary>Origin data at the same offset; zeros past the origin's end (dm-thin §4.3).</summary>
+    private ValueTask ReadOriginAsync(long virtualOffset, Memory<byte> destination)
+    {
+        long available = _originSize - virtualOffset;
+        if (available <= 0)
+        {
+            destination.Span.Clear();
+            return ValueTask.CompletedTask;
+        }
+        if (available < destination.Length)
+        {
+            destination.Span[(int)available..].Clear();
+            destination = destination[..(int)available];
+        }
+        return _pool.ReadAnyAsync(_origin!, virtualOffset, destination);
+    }
+
+    // ---- Writes ----
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
+    {
+        if (!CheckRequest(offset, source.Length, write: true, out var error))
+            return ValueTask.FromException(error);
+        if (source.Length == 0)
+            return (flags & WriteFlags.ForceUnitAccess) != 0 ? _pool.FlushAsync() : ValueTask.CompletedTask;
+        return WriteCoreAsync(offset, source, flags);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            int done = 0;
+            while (done < source.Length)
+            {
+                long position = offset + done;
+                ulong first = (ulong)(position / _blockSize);
+                int length = SegmentLength(position, source.Length - done, out int blocks);
+                await LockAsync(first, blocks, exclusive: true);
+                try
+                {
+                    int segmentDone = 0;
+                    while (segmentDone < length)
+                    {
+                        long p = position + segmentDone;
+                        int inBlock = (int)(p % _blockSize);
+                        int piece = Math.Min(_blockSize - inBlock, length - segmentDone);
+                        await WriteBlockAsync((ulong)(p / _blockSize), inBlock, source.Slice(done + segmentDone, piece));
+                        segmentDone += piece;
+                    }
+                }
+                finally
+                {
+                    Unlock(first, blocks, exclusive: true);
+                }
+                done += length;
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+        // FUA: the data must be durable, and so must the mapping if the write provisioned; a
+        // flush does both (it commits only when something changed).
+        if ((flags & WriteFlags.ForceUnitAccess) != 0)
+            await _pool.FlushAsync();
+    }
+
+    /// <summary>Writes inside one locked block.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteBlockAsync(ulong block, int inBlock, ReadOnlyMemory<byte> data)
+    {
+        bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
+        if (mapped && !mapping.Shared)
+        {
+            await _pool.WriteAnyAsync((long)mapping.DataBlock * _blockSize + inBlock, data);
+            return;
+        }
+        if (_pool.Mode == PoolMode.ReadOnly)
+            throw new BlockDeviceException(BlockError.IoError, $"volume '{Name}': pool is read-only, cannot provision block {block}");
+
+        ulong newBlock = await _pool.AllocateDataBlockAsync();
+        try
+        {
+            await BuildBlockAsync(block, newBlock, mapped ? mapping.DataBlock : ulong.MaxValue, inBlock, data);
+            _pool.InsertMapping(DeviceId, block, newBlock);
+        }
+        catch
+        {
+            _pool.ReleaseDataBlock(newBlock);
+            throw;
+        }
+    }
+
+    /// <summary>Fills a newly allocated data block: the written bytes from <paramref name="data"/>
+    /// and the rest from the old shared block, the origin, or zeros. Whole-block writes copy
+    /// nothing. Works a chunk (at most 1 MiB) at a time, so 1 GiB blocks need no 1 GiB buffer.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask BuildBlockAsync(ulong virtualBlock, ulong newBlock, ulong sharedBlock, int inBlock, ReadOnlyMemory<byte> data)
+    {
+        int chunk = _pool.ChunkSize;
+        long blockBase = (long)newBlock * _blockSize;
+        int dataEnd = inBlock + data.Length;
+        for (int chunkStart = 0; chunkStart < _blockSize; chunkStart += chunk)
+        {
+            int chunkEnd = chunkStart + chunk;
+            int overlapStart = Math.Max(chunkStart, inBlock), overlapEnd = Math.Min(chunkEnd, dataEnd);
+            if (overlapStart <= chunkStart && overlapEnd >= chunkEnd)
+            {
+                await _pool.WriteAnyAsync(blockBase + chunkStart, data.Slice(chunkStart - inBlock, chunk));
+                continue;
+            }
+            bool fromZeros = sharedBlock == ulong.MaxValue && (_origin is null || (long)virtualBlock * _blockSize + chunkStart >= _originSize);
+            if (fromZeros && overlapStart >= overlapEnd)
+            {
+                await _pool.Data.WriteAsync(blockBase + chunkStart, _pool.ZeroBuffer.Memory[..chunk]);
+                continue;
+            }
+            var bounce = _pool.RentBounce();
+            try
+            {
+                var buffer = bounce.Memory[..chunk];
+                if (fromZeros)
+                    buffer.Span.Clear();
+                else if (sharedBlock != ulong.MaxValue)
+                    await _pool.Data.ReadAsync((long)sharedBlock * _blockSize + chunkStart, buffer);
+                else
+                    await ReadOriginAsync((long)virtualBlock * _blockSize + chunkStart, buffer);
+                if (overlapStart < overlapEnd)
+                    data.Span.Slice(overlapStart - inBlock, overlapEnd - overlapStart).CopyTo(buffer.Span[(overlapStart - chunkStart)..]);
+                await _pool.Data.WriteAsync(blockBase + chunkStart, buffer);
+            }
+            finally
+            {
+                _pool.ReturnBounce(bounce);
+            }
+        }
+    }
+
+    // ---- Flush, discard, write-zeroes ----
+
+    public ValueTask FlushAsync()
+    {
+        if (_unavailable is not null)
+            return ValueTask.FromException(Unavailable());
+        return _pool.FlushAsync();
+    }
+
+    public ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None)
+    {
+        if (!CheckRequest(offset, length, write: true, out var error))
+            return ValueTask.FromException(error);
+        // Only whole blocks are unmapped; partial head and tail are ignored (dm-thin §4.7).
+        ulong first = (ulong)((offset + _blockSize - 1) / _blockSize);
+        ulong end = (ulong)((offset + length) / _blockSize);
+        if (first >= end || _pool.Mode == PoolMode.ReadOnly)
+            return ValueTask.CompletedTask;
+        return UnmapBlocksAsync(first, end, flags);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask UnmapBlocksAsync(ulong first, ulong end, WriteFlags flags)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            var freed = new List<ulong>();
+            for (ulong start = first; start < end;)
+            {
+                int blocks = (int)Math.Min(end - start, (ulong)BlockLockTable.MaxBlocksPerRequest);
+                await LockAsync(start, blocks, exclusive: true);
+                try
+                {
+                    freed.Clear();
+                    _pool.UnmapRange(DeviceId, start, start + (ulong)blocks, freed);
+                    await _pool.PassDownAsync(freed);
+                }
+                finally
+                {
+                    Unlock(start, blocks, exclusive: true);
+                }
+                start += (ulong)blocks;
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+        if ((flags & WriteFlags.ForceUnitAccess) != 0)
+            await _pool.FlushAsync();
+    }
+
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    {
+        if (!CheckRequest(offset, length, write: true, out var error))
+            return ValueTask.FromException(error);
+        return length == 0 ? ValueTask.CompletedTask : WriteZeroesCoreAsync(offset, length, mayDeallocate, flags);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool mayDeallocate, WriteFlags flags)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            var freed = new List<ulong>();
+            long done = 0;
+            while (done < length)
+            {
+                long position = offset + done;
+                ulong block = (ulong)(position / _blockSize);
+                int inBlock = (int)(position % _blockSize);
+                long piece = Math.Min(_blockSize - inBlock, length - done);
+                await LockAsync(block, 1, exclusive: true);
+                try
+                {
+                    if (piece == _blockSize)
+                        await ZeroWholeBlockAsync(block, mayDeallocate, freed);
+                    else
+                        await ZeroPartAsync(block, inBlock, (int)piece);
+                }
+                finally
+                {
+                    Unlock(block, 1, exclusive: true);
+                }
+                done += piece;
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+        if ((flags & WriteFlags.ForceUnitAccess) != 0)
+            await _pool.FlushAsync();
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ZeroWholeBlockAsync(ulong block, bool mayDeallocate, List<ulong> freed)
+    {
+        bool originBelow = _origin is not null && (long)block * _blockSize < _originSize;
+        if (mayDeallocate && !originBelow)
+        {
+            // Unmapped reads as zeros here, so unmapping is enough.
+            freed.Clear();
+            _pool.UnmapRange(DeviceId, block, block + 1, freed);
+            await _pool.PassDownAsync(freed);
+            return;
+        }
+        bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
+        if (mapped && !mapping.Shared)
+        {
+            await _pool.Data.DiscardAsync((long)mapping.DataBlock * _blockSize, _blockSize);
+            return;
+        }
+        if (!mapped && !originBelow && !mayDeallocate)
+        {
+            // NO_HOLE over a hole: it already reads zeros, and the caller asked us not to punch
+            // holes, which we do not; allocating would only cost space.
+            return;
+        }
+        // Over the origin (or a shared block) zeros need a block of their own.
+        ulong newBlock = await _pool.AllocateDataBlockAsync();
+        try
+        {
+            await _pool.Data.DiscardAsync((long)newBlock * _blockSize, _blockSize);
+            _pool.InsertMapping(DeviceId, block, newBlock);
+        }
+        catch
+        {
+            _pool.ReleaseDataBlock(newBlock);
+            throw;
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ZeroPartAsync(ulong block, int inBlock, int length)
+    {
+        int chunk = _pool.ChunkSize;
+        for (int done = 0; done < length;)
+        {
+            int piece = Math.Min(chunk, length - done);
+            await WriteBlockAsync(block, inBlock + done, _pool.ZeroBuffer.Memory[..piece]);
+            done += piece;
+        }
+    }
+
+    // ---- Block status ----
+
+    public int GetExtents(long offset, long length, Span<VolumeExtent> extents)
+    {
+        if (_unavailable is not null)
+            throw Unavailable();
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+            throw new BlockDeviceException(BlockError.OutOfRange, $"volume '{Name}': extent query [{offset}, {offset + length}) is outside its {Size} bytes");
+        if (extents.IsEmpty || length == 0)
+            return 0;
+        int count = 0;
+        long position = offset, end = offset + length;
+        Span<MappedRange> runs = stackalloc MappedRange[32];
+        while (position < end && count < extents.Length)
+        {
+            ulong block = (ulong)(position / _blockSize);
+            ulong endBlock = (ulong)((end + _blockSize - 1) / _blockSize);
+            int n = _pool.LookupRange(DeviceId, block, endBlock, runs);
+            if (n == 0)
+            {
+                AddUnmapped(ref count, extents, position, end);
+                break;
+            }
+            foreach (var run in runs[..n])
+            {
+                long runStart = Math.Max(position, (long)run.VirtualBlock * _blockSize);
+                long runEnd = Math.Min(end, (long)(run.VirtualBlock + run.Length) * _blockSize);
+                if (runStart > position)
+                    AddUnmapped(ref count, extents, position, runStart);
+                Add(ref count, extents, runStart, runEnd, ExtentFlags.Data);
+                position = runEnd;
+                if (count >= extents.Length)
+                    break;
+            }
+        }
+        return count;
+    }
+
+    /// <summary>Unmapped: origin data where the origin covers it, a hole that reads zeros past it.</summary>
+    private void AddUnmapped(ref int count, Span<VolumeExtent> extents, long start, long end)
+    {
+        long originEnd = _origin is null ? 0 : Math.Min(end, _originSize);
+        if (originEnd > start)
+        {
+            Add(ref count, extents, start, originEnd, ExtentFlags.Data);
+            start = originEnd;
+        }
+        if (end > start)
+            Add(ref count, extents, start, end, ExtentFlags.Hole | ExtentFlags.Zero);
+    }
+
+    private static void Add(ref int count, Span<VolumeExtent> extents, long start, long end, ExtentFlags flags)
+    {
+        if (end <= start || count > extents.Length)
+            return;
+        if (count > 0 && extents[count - 1].Flags == flags && extents[count - 1].Offset + extents[count - 1].Length == start)
+        {
+            extents[count - 1] = extents[count - 1] with { Length = end - extents[count - 1].Offset };
+            return;
+        }
+        if (count < extents.Length)
+            extents[count++] = new VolumeExtent(start, end - start, flags);
+    }
+
+    // ---- Helpers ----
+
+    private bool CheckRequest(long offset, long length, bool write, out Exception error)
+    {
+        if (_unavailable is not null)
+        {
+            error = Unavailable();
+            return false;
+        }
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+        {
+            error = new BlockDeviceException(BlockError.OutOfRange, $"volume '{Name}': request [{offset}, {offset + length}) is outside its {Size} bytes");
+            return false;
+        }
+        if (_pool.Mode == PoolMode.Fail)
+        {
+            error = new BlockDeviceException(BlockError.IoError, $"volume '{Name}': pool is in fail mode");
+            return false;
+        }
+        error = null!;
+        return true;
+    }
+
+    private BlockDeviceException Unavailable() => new(BlockError.Unavailable, $"volume '{Name}' is unavailable: {_unavailable}");
+
+    /// <summary>The part of a request handled under one set of block locks.</summary>
+    private int SegmentLength(long position, int remaining, out int blocks)
+    {
+        long limit = ((position / _blockSize) + BlockLockTable.MaxBlocksPerRequest) * _blockSize - position;
+        int length = (int)Math.Min(remaining, limit);
+        blocks = (int)((position + length - 1) / _blockSize - position / _blockSize + 1);
+        return length;
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask LockAsync(ulong first, int blocks, bool exclusive)
+    {
+        var (start, head, wrap) = BlockLockTable.StripeRuns(DeviceId, first, blocks);
+        for (int i = 0; i < wrap; i++)
+            await _pool.BlockLocks.AcquireAsync(i, exclusive);
+        for (int i = 0; i < head; i++)
+            await _pool.BlockLocks.AcquireAsync(start + i, exclusive);
+    }
+
+    private void Unlock(ulong first, int blocks, bool exclusive)
+    {
+        var (start, head, wrap) = BlockLockTable.StripeRuns(DeviceId, first, blocks);
+        for (int i = 0; i < wrap; i++)
+            _pool.BlockLocks.Release(i, exclusive);
+        for (int i = 0; i < head; i++)
+            _pool.BlockLocks.Release(start + i, exclusive);
+    }
+}

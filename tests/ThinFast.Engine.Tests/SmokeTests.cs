@@ -1,7 +1,0 @@
-namespace ThinFast.Engine.Tests;
-
-public class SmokeTests
-{
-    [Fact]
-    public void Builds() => Assert.True(true);
-}
