@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
-using System.Runtime.CompilerServices;
 using System.Text;
 using ThinFast.IO;
 
@@ -56,6 +55,8 @@ internal sealed partial class NbdConnection
     }
 
     internal NbdServer Server => _server;
+
+    internal Socket Socket => _socket;
 
     internal NbdExport Export => _export;
 
@@ -121,20 +122,36 @@ internal sealed partial class NbdConnection
         {
             // Let every in-flight request finish and reply, then stop the slot loops.
             for (int i = 0; i < n; i++)
-                await AcquireSlotAsync().ConfigureAwait(false);
+            {
+                while (!TryTakeSlot(out _))
+                    await _slotFreed.WaitAsync().ConfigureAwait(false);
+            }
             foreach (var slot in _slots)
                 slot.PostExit();
             await Task.WhenAll(loops).ConfigureAwait(false);
         }
     }
 
+    /// <summary>Reads requests in order. Every receive is awaited directly in this long-lived
+    /// method, so reading requests allocates nothing.</summary>
     private async Task ReadRequestsAsync()
     {
         long size = _export.Volume.Size;
+        var pool = _server.Buffers;
         while (!_server.IsStopping && !_broken)
         {
-            if (!await FillAsync(NbdProtocol.RequestHeaderSize).ConfigureAwait(false))
-                return;
+            while (_rxEnd - _rxStart < NbdProtocol.RequestHeaderSize)
+            {
+                CompactReceiveBuffer();
+                int got = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None).ConfigureAwait(false);
+                if (got == 0)
+                {
+                    if (_rxEnd == _rxStart)
+                        return;
+                    throw new NbdProtocolException("connection closed in the middle of a request header");
+                }
+                _rxEnd += got;
+            }
             var header = _rx.AsSpan(_rxStart, NbdProtocol.RequestHeaderSize);
             uint magic = BinaryPrimitives.ReadUInt32BigEndian(header);
             if (magic != NbdProtocol.RequestMagic)
@@ -149,7 +166,9 @@ internal sealed partial class NbdConnection
             if (command == NbdCommand.Disconnect)
                 return;
 
-            var slot = await AcquireSlotAsync().ConfigureAwait(false);
+            NbdRequest? slot;
+            while (!TryTakeSlot(out slot))
+                await _slotFreed.WaitAsync().ConfigureAwait(false);
             var error = Validate(command, flags, offset, length, size, out var message);
             slot.Prepare(command, flags, cookie, (long)offset, length, error, message);
 
@@ -157,20 +176,46 @@ internal sealed partial class NbdConnection
             {
                 if (error == NbdError.None)
                 {
-                    var buffer = await _server.Buffers.RentAsync((int)length).ConfigureAwait(false);
+                    if (!pool.TryRent((int)length, out var buffer))
+                        buffer = await pool.RentAsync((int)length).ConfigureAwait(false);
                     slot.Payload = buffer;
-                    if (!await ReceiveExactAsync(buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)length)).ConfigureAwait(false))
+                    var destination = buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)length);
+                    int buffered = Math.Min(_rxEnd - _rxStart, destination.Length);
+                    _rx.AsSpan(_rxStart, buffered).CopyTo(destination.Span);
+                    _rxStart += buffered;
+                    destination = destination[buffered..];
+                    // The rest goes straight from the socket into the payload buffer.
+                    while (!destination.IsEmpty)
                     {
-                        ReleaseSlot(slot);
-                        return;
+                        int got = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
+                        if (got == 0)
+                        {
+                            AbandonSlot(slot);
+                            return;
+                        }
+                        destination = destination[got..];
                     }
                 }
                 else if (length <= _options.MaxDrainBytes)
                 {
-                    if (!await DrainAsync(length).ConfigureAwait(false))
+                    // Keep the stream in sync: read the refused payload and throw it away.
+                    long remaining = length;
+                    while (remaining > 0)
                     {
-                        ReleaseSlot(slot);
-                        return;
+                        if (_rxStart == _rxEnd)
+                        {
+                            _rxStart = _rxEnd = 0;
+                            int got = await _socket.ReceiveAsync(_rx.AsMemory(), SocketFlags.None).ConfigureAwait(false);
+                            if (got == 0)
+                            {
+                                AbandonSlot(slot);
+                                return;
+                            }
+                            _rxEnd = got;
+                        }
+                        int take = (int)Math.Min(remaining, _rxEnd - _rxStart);
+                        _rxStart += take;
+                        remaining -= take;
                     }
                 }
                 else
@@ -182,6 +227,25 @@ internal sealed partial class NbdConnection
             }
             slot.Post();
         }
+    }
+
+    private void AbandonSlot(NbdRequest slot)
+    {
+        if (slot.Payload is not null)
+        {
+            _server.Buffers.Return(slot.Payload);
+            slot.Payload = null;
+        }
+        ReleaseSlot(slot);
+    }
+
+    private void CompactReceiveBuffer()
+    {
+        if (_rxStart == 0)
+            return;
+        Buffer.BlockCopy(_rx, _rxStart, _rx, 0, _rxEnd - _rxStart);
+        _rxEnd -= _rxStart;
+        _rxStart = 0;
     }
 
     private NbdError Validate(NbdCommand command, NbdCommandFlags flags, ulong offset, uint length, long size, out ErrorText message)
@@ -261,18 +325,18 @@ internal sealed partial class NbdConnection
         return NbdError.None;
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<NbdRequest> AcquireSlotAsync()
+    private bool TryTakeSlot([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out NbdRequest? slot)
     {
-        while (true)
+        lock (_slotLock)
         {
-            lock (_slotLock)
+            if (_freeCount > 0)
             {
-                if (_freeCount > 0)
-                    return _freeSlots[--_freeCount];
-                _readerWaitingForSlot = true;
+                slot = _freeSlots[--_freeCount];
+                return true;
             }
-            await _slotFreed.WaitAsync().ConfigureAwait(false);
+            _readerWaitingForSlot = true;
+            slot = null;
+            return false;
         }
     }
 
@@ -343,8 +407,9 @@ internal sealed partial class NbdConnection
 
     // ---- socket I/O ---------------------------------------------------------------------------
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    internal async ValueTask SendAsync(ReadOnlyMemory<byte> data)
+    // Socket helpers for the handshake only; the request path awaits the socket directly.
+
+    private async ValueTask SendAsync(ReadOnlyMemory<byte> data)
     {
         while (!data.IsEmpty)
         {
@@ -355,17 +420,9 @@ internal sealed partial class NbdConnection
 
     /// <summary>Makes at least <paramref name="count"/> bytes available at _rx[_rxStart..];
     /// false on a clean end of stream before the first byte.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> FillAsync(int count)
     {
-        if (_rxEnd - _rxStart >= count)
-            return true;
-        if (_rxStart > 0)
-        {
-            Buffer.BlockCopy(_rx, _rxStart, _rx, 0, _rxEnd - _rxStart);
-            _rxEnd -= _rxStart;
-            _rxStart = 0;
-        }
+        CompactReceiveBuffer();
         while (_rxEnd < count)
         {
             int got = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None).ConfigureAwait(false);
@@ -380,9 +437,6 @@ internal sealed partial class NbdConnection
         return true;
     }
 
-    /// <summary>Fills <paramref name="destination"/> from buffered bytes, then straight from the
-    /// socket (large payloads are not copied twice). False when the stream ended first.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> ReceiveExactAsync(Memory<byte> destination)
     {
         int buffered = Math.Min(_rxEnd - _rxStart, destination.Length);
@@ -395,26 +449,6 @@ internal sealed partial class NbdConnection
             if (got == 0)
                 return false;
             destination = destination[got..];
-        }
-        return true;
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> DrainAsync(long count)
-    {
-        while (count > 0)
-        {
-            if (_rxStart == _rxEnd)
-            {
-                _rxStart = _rxEnd = 0;
-                int got = await _socket.ReceiveAsync(_rx.AsMemory(), SocketFlags.None).ConfigureAwait(false);
-                if (got == 0)
-                    return false;
-                _rxEnd = got;
-            }
-            int take = (int)Math.Min(count, _rxEnd - _rxStart);
-            _rxStart += take;
-            count -= take;
         }
         return true;
     }

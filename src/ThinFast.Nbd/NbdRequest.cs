@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Runtime.CompilerServices;
 using System.Text;
 using ThinFast.IO;
 
@@ -60,8 +59,13 @@ internal sealed class NbdRequest
         _work.Set();
     }
 
+    /// <summary>Serves request after request. Everything that can suspend is awaited directly in
+    /// this one method (no nested async calls), because a long-lived async method allocates its
+    /// state machine once, while nested ones would need a box per suspension.</summary>
     public async Task RunAsync()
     {
+        var socket = _connection.Socket;
+        var pool = _connection.Server.Buffers;
         while (true)
         {
             await _work.WaitAsync().ConfigureAwait(false);
@@ -69,7 +73,80 @@ internal sealed class NbdRequest
                 return;
             try
             {
-                await ServeAsync().ConfigureAwait(false);
+                ReadOnlyMemory<byte> reply;
+                if (_presetError != NbdError.None)
+                {
+                    reply = BuildError(_presetError, _presetMessage.Bytes());
+                }
+                else
+                {
+                    var volume = _connection.Export.Volume;
+                    var writeFlags = (_flags & NbdCommandFlags.Fua) != 0 ? WriteFlags.ForceUnitAccess : WriteFlags.None;
+                    try
+                    {
+                        switch (_command)
+                        {
+                            case NbdCommand.Read:
+                                if (!pool.TryRent((int)_length, out var buffer))
+                                    buffer = await pool.RentAsync((int)_length).ConfigureAwait(false);
+                                Payload = buffer;
+                                await volume.ReadAsync(_offset, buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length)).ConfigureAwait(false);
+                                reply = BuildReadReply();
+                                break;
+                            case NbdCommand.Write:
+                                await volume.WriteAsync(_offset, Payload!.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length), writeFlags).ConfigureAwait(false);
+                                reply = BuildSimple(NbdError.None);
+                                break;
+                            case NbdCommand.Flush:
+                                // Replying only after the volume-wide flush completes gives multi-conn
+                                // its guarantee: writes acknowledged on any connection are durable.
+                                await volume.FlushAsync().ConfigureAwait(false);
+                                reply = BuildSimple(NbdError.None);
+                                break;
+                            case NbdCommand.Trim:
+                                await volume.DiscardAsync(_offset, _length, writeFlags).ConfigureAwait(false);
+                                reply = BuildSimple(NbdError.None);
+                                break;
+                            case NbdCommand.WriteZeroes:
+                                bool noHole = (_flags & NbdCommandFlags.NoHole) != 0;
+                                // The volume cannot say whether zeroing while keeping storage allocated
+                                // stays metadata-only, so a fast NO_HOLE zero is refused as the spec allows.
+                                if (noHole && (_flags & NbdCommandFlags.FastZero) != 0)
+                                {
+                                    reply = BuildError(NbdError.NotSupported, ErrorText.NotFast.Bytes());
+                                    break;
+                                }
+                                await volume.WriteZeroesAsync(_offset, _length, mayDeallocate: !noHole, writeFlags).ConfigureAwait(false);
+                                reply = BuildSimple(NbdError.None);
+                                break;
+                            case NbdCommand.BlockStatus:
+                                reply = BuildBlockStatus(volume);
+                                break;
+                            default:
+                                // CACHE: a prefetch hint; an in-process engine has nothing to warm.
+                                reply = BuildSimple(NbdError.None);
+                                break;
+                        }
+                    }
+                    catch (Exception e) when (e is not (System.Net.Sockets.SocketException or ObjectDisposedException))
+                    {
+                        reply = BuildFailure(e);
+                    }
+                }
+
+                await _connection.AcquireSendAsync(this).ConfigureAwait(false);
+                try
+                {
+                    while (!reply.IsEmpty)
+                    {
+                        int sent = await socket.SendAsync(reply, System.Net.Sockets.SocketFlags.None).ConfigureAwait(false);
+                        reply = reply[sent..];
+                    }
+                }
+                finally
+                {
+                    _connection.ReleaseSend();
+                }
             }
             catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException or IOException)
             {
@@ -80,7 +157,7 @@ internal sealed class NbdRequest
             {
                 if (Payload is not null)
                 {
-                    _connection.Server.Buffers.Return(Payload);
+                    pool.Return(Payload);
                     Payload = null;
                 }
                 _connection.ReleaseSlot(this);
@@ -88,85 +165,22 @@ internal sealed class NbdRequest
         }
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ServeAsync()
+    private ReadOnlyMemory<byte> BuildFailure(Exception failure)
     {
-        if (_presetError != NbdError.None)
-        {
-            await ReplyErrorAsync(_presetError, _presetMessage.Bytes()).ConfigureAwait(false);
-            return;
-        }
-        var volume = _connection.Export.Volume;
-        var writeFlags = (_flags & NbdCommandFlags.Fua) != 0 ? WriteFlags.ForceUnitAccess : WriteFlags.None;
-        NbdError error;
-        Exception? failure = null;
-        try
-        {
-            switch (_command)
-            {
-                case NbdCommand.Read:
-                    Payload = await _connection.Server.Buffers.RentAsync((int)_length).ConfigureAwait(false);
-                    await volume.ReadAsync(_offset, Payload.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length)).ConfigureAwait(false);
-                    await ReplyReadAsync().ConfigureAwait(false);
-                    return;
-                case NbdCommand.Write:
-                    await volume.WriteAsync(_offset, Payload!.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length), writeFlags).ConfigureAwait(false);
-                    break;
-                case NbdCommand.Flush:
-                    // Replying only after the volume-wide flush completes gives multi-conn its
-                    // guarantee: writes acknowledged on any connection are durable.
-                    await volume.FlushAsync().ConfigureAwait(false);
-                    break;
-                case NbdCommand.Trim:
-                    await volume.DiscardAsync(_offset, _length, writeFlags).ConfigureAwait(false);
-                    break;
-                case NbdCommand.WriteZeroes:
-                    bool noHole = (_flags & NbdCommandFlags.NoHole) != 0;
-                    // The volume gives no way to tell whether zeroing stays metadata-only while
-                    // keeping storage allocated, so a fast NO_HOLE zero is refused as the spec allows.
-                    if (noHole && (_flags & NbdCommandFlags.FastZero) != 0)
-                    {
-                        await ReplyErrorAsync(NbdError.NotSupported, ErrorText.NotFast.Bytes()).ConfigureAwait(false);
-                        return;
-                    }
-                    await volume.WriteZeroesAsync(_offset, _length, mayDeallocate: !noHole, writeFlags).ConfigureAwait(false);
-                    break;
-                case NbdCommand.Cache:
-                    // A prefetch hint; an in-process engine has nothing to warm.
-                    break;
-                case NbdCommand.BlockStatus:
-                    int extents = FillBlockStatus(volume);
-                    await ReplyBlockStatusAsync(extents).ConfigureAwait(false);
-                    return;
-            }
-            error = NbdError.None;
-        }
-        catch (BlockDeviceException e)
-        {
-            error = e.Error switch
+        var error = failure is BlockDeviceException b
+            ? b.Error switch
             {
                 BlockError.NoSpace => NbdError.NoSpace,
                 BlockError.ReadOnly => NbdError.Perm,
                 BlockError.InvalidArgument or BlockError.OutOfRange => NbdError.Invalid,
                 _ => NbdError.IO,
-            };
-            failure = e;
-        }
-        catch (Exception e) when (e is not (System.Net.Sockets.SocketException or ObjectDisposedException))
-        {
-            error = NbdError.IO;
-            failure = e;
-        }
-        if (failure is null)
-        {
-            await ReplySimpleAsync(NbdError.None).ConfigureAwait(false);
-            return;
-        }
+            }
+            : NbdError.IO;
         _connection.Server.Log($"nbd: {_command} [{_offset}, +{_length}) on '{_connection.Export.Name}' failed: {failure.Message}");
-        await ReplyErrorAsync(error, Encoding.UTF8.GetBytes(Clip(failure.Message))).ConfigureAwait(false);
+        return BuildError(error, Encoding.UTF8.GetBytes(Clip(failure.Message)));
     }
 
-    private int FillBlockStatus(IBlockVolume volume)
+    private ReadOnlyMemory<byte> BuildBlockStatus(IBlockVolume volume)
     {
         bool one = (_flags & NbdCommandFlags.ReqOne) != 0;
         long end = _offset + _length;
@@ -199,18 +213,13 @@ internal sealed class NbdRequest
         }
         if (count == 0)
             throw new BlockDeviceException(BlockError.IoError, $"{volume.Name}: GetExtents described nothing at {_offset}");
-        return count;
-    }
-
-    private ValueTask ReplyBlockStatusAsync(int extents)
-    {
-        int payloadLength = 4 + 8 * extents;
+        int payloadLength = 4 + 8 * count;
         WriteStructuredHeader(_reply, NbdReplyType.BlockStatus, payloadLength);
         BinaryPrimitives.WriteUInt32BigEndian(_reply.AsSpan(NbdProtocol.StructuredHeaderSize), NbdConnection.AllocationContextId);
-        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength));
+        return _reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength);
     }
 
-    private ValueTask ReplyReadAsync()
+    private ReadOnlyMemory<byte> BuildReadReply()
     {
         var buffer = Payload!;
         int headerLength;
@@ -226,21 +235,21 @@ internal sealed class NbdRequest
             headerLength = NbdProtocol.SimpleReplySize;
             WriteSimpleHeader(buffer.GetSpan().Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength), NbdError.None);
         }
-        return SendLockedAsync(buffer.Memory.Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength + (int)_length));
+        return buffer.Memory.Slice(PayloadBufferPool.HeaderRoom - headerLength, headerLength + (int)_length);
     }
 
-    private ValueTask ReplySimpleAsync(NbdError error)
+    private ReadOnlyMemory<byte> BuildSimple(NbdError error)
     {
         WriteSimpleHeader(_reply, error);
-        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.SimpleReplySize));
+        return _reply.AsMemory(0, NbdProtocol.SimpleReplySize);
     }
 
     /// <summary>Structured connections get an ERROR chunk with a message (mandatory for READ),
     /// others a simple reply carrying the error number.</summary>
-    private ValueTask ReplyErrorAsync(NbdError error, ReadOnlySpan<byte> message)
+    private ReadOnlyMemory<byte> BuildError(NbdError error, ReadOnlySpan<byte> message)
     {
         if (!_connection.StructuredReplies)
-            return ReplySimpleAsync(error);
+            return BuildSimple(error);
         message = message[..Math.Min(message.Length, MaxMessageBytes)];
         int payloadLength = 6 + message.Length;
         WriteStructuredHeader(_reply, NbdReplyType.Error, payloadLength);
@@ -248,7 +257,7 @@ internal sealed class NbdRequest
         BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)error);
         BinaryPrimitives.WriteUInt16BigEndian(payload[4..], (ushort)message.Length);
         message.CopyTo(payload[6..]);
-        return SendLockedAsync(_reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength));
+        return _reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength);
     }
 
     private void WriteSimpleHeader(Span<byte> header, NbdError error)
@@ -266,20 +275,6 @@ internal sealed class NbdRequest
         BinaryPrimitives.WriteUInt16BigEndian(header[6..], (ushort)type);
         BinaryPrimitives.WriteUInt64BigEndian(header[8..], _cookie);
         BinaryPrimitives.WriteUInt32BigEndian(header[16..], (uint)payloadLength);
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask SendLockedAsync(ReadOnlyMemory<byte> message)
-    {
-        await _connection.AcquireSendAsync(this).ConfigureAwait(false);
-        try
-        {
-            await _connection.SendAsync(message).ConfigureAwait(false);
-        }
-        finally
-        {
-            _connection.ReleaseSend();
-        }
     }
 
     private static string Clip(string message) => message.Length <= MaxMessageBytes / 4 ? message : message[..(MaxMessageBytes / 4)];

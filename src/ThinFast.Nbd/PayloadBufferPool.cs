@@ -31,7 +31,22 @@ internal sealed class PayloadBufferPool : IDisposable
 
     public int LargestPayload => _tiers[^1].BufferSize - HeaderRoom;
 
-    /// <summary>A buffer whose payload area holds at least <paramref name="length"/> bytes.</summary>
+    /// <summary>A buffer whose payload area holds at least <paramref name="length"/> bytes, if one
+    /// is free right now.</summary>
+    public bool TryRent(int length, out NativeBuffer buffer)
+    {
+        int tier = TierFor(length);
+        if (_available[tier].Wait(0))
+        {
+            buffer = _tiers[tier].Rent();
+            return true;
+        }
+        buffer = null!;
+        return false;
+    }
+
+    /// <summary>Waits for a buffer whose payload area holds at least <paramref name="length"/>
+    /// bytes (the slow path when a tier is exhausted).</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<NativeBuffer> RentAsync(int length)
     {

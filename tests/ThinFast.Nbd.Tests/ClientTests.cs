@@ -74,6 +74,29 @@ public class ClientTests
     }
 
     [Fact]
+    public async Task QemuImgMapWalksExtentsWithReqOne()
+    {
+        await using var h = ServerHarness.Start(size: 8L * 1024 * 1024);
+        int unit = h.Volume.AllocationUnit;
+        await h.Volume.WriteAsync(2 * unit, Tool.Pattern(3 * unit, 5));
+        await h.Volume.WriteAsync(100 * unit, Tool.Pattern(unit, 6));
+
+        // qemu's client asks BLOCK_STATUS with REQ_ONE, one extent per request.
+        var result = await Tool.RunOkAsync("qemu-img", "map", "--output=json", "-f", "raw", h.UnixUri());
+        using var json = JsonDocument.Parse(result.StdOut);
+        var actual = json.RootElement.EnumerateArray()
+            .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("length").GetInt64(), e.GetProperty("data").GetBoolean(), e.GetProperty("zero").GetBoolean()))
+            .ToList();
+        long size = 8L * 1024 * 1024;
+        (long, long, bool, bool)[] expected =
+        [
+            (0, 2L * unit, false, true), (2L * unit, 3L * unit, true, false), (5L * unit, 95L * unit, false, true),
+            (100L * unit, unit, true, false), (101L * unit, size - 101L * unit, false, true),
+        ];
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
     public async Task QemuIoPatternsFuaZeroesDiscardAndFlush()
     {
         await using var h = ServerHarness.Start();

@@ -13,6 +13,9 @@ public sealed class MemoryVolume : IBlockVolume
     private readonly object _lock = new();
     private readonly byte[]?[] _units;
     private readonly byte[]?[] _durable;
+    // Units changed since the last flush; flushing copies only these (and allocates nothing once
+    // the durable copy has storage for them).
+    private readonly bool[] _dirty;
     private int _inFlight;
 
     public MemoryVolume(long size, int allocationUnit = 64 * 1024, string name = "memory", bool readOnly = false)
@@ -25,6 +28,7 @@ public sealed class MemoryVolume : IBlockVolume
         IsReadOnly = readOnly;
         _units = new byte[]?[size / allocationUnit];
         _durable = new byte[]?[size / allocationUnit];
+        _dirty = new bool[size / allocationUnit];
     }
 
     public string Name { get; }
@@ -41,7 +45,7 @@ public sealed class MemoryVolume : IBlockVolume
     /// <summary>Makes FLUSH take this long, so a reply sent before the flush finished would show.</summary>
     public TimeSpan FlushDelay { get; set; }
 
-    /// <summary>Data operations currently inside the volume.</summary>
+    /// <summary>Delayed data operations currently inside the volume.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
 
     public int FlushCount { get; private set; }
@@ -55,10 +59,17 @@ public sealed class MemoryVolume : IBlockVolume
         }
     }
 
-    public async ValueTask ReadAsync(long offset, Memory<byte> destination)
+    // The data methods are not async methods: in a Debug build every async method call allocates
+    // its state machine, which would drown the server's own zero-allocation measurement.
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
         Check(offset, destination.Length, write: false);
-        await EnterAsync().ConfigureAwait(false);
+        return Run(static (v, o, _, m, _) => v.ReadCore(o, m), offset, 0, destination, default);
+    }
+
+    private void ReadCore(long offset, Memory<byte> destination)
+    {
         lock (_lock)
         {
             for (long done = 0; done < destination.Length;)
@@ -72,58 +83,88 @@ public sealed class MemoryVolume : IBlockVolume
                 done += count;
             }
         }
-        Interlocked.Decrement(ref _inFlight);
     }
 
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
     {
         Check(offset, source.Length, write: true);
-        await EnterAsync().ConfigureAwait(false);
+        return Run(static (v, o, f, _, s) => v.WriteCore(o, s, (WriteFlags)f), offset, (long)flags, default, source);
+    }
+
+    private void WriteCore(long offset, ReadOnlyMemory<byte> source, WriteFlags flags)
+    {
         lock (_lock)
         {
             for (long done = 0; done < source.Length;)
             {
                 var (unit, at, count) = Locate(offset + done, source.Length - done);
                 source.Span.Slice((int)done, count).CopyTo(Allocate(unit).AsSpan(at, count));
+                _dirty[unit] = true;
                 if ((flags & WriteFlags.ForceUnitAccess) != 0)
-                    _durable[unit] = (byte[])_units[unit]!.Clone();
+                    Persist(unit);
                 done += count;
             }
         }
-        Interlocked.Decrement(ref _inFlight);
     }
 
-    public async ValueTask FlushAsync()
+    public ValueTask FlushAsync()
     {
         if (FlushDelay > TimeSpan.Zero)
-            await Task.Delay(FlushDelay).ConfigureAwait(false);
+            return FlushLaterAsync();
+        FlushCore();
+        return ValueTask.CompletedTask;
+    }
+
+    private async ValueTask FlushLaterAsync()
+    {
+        await Task.Delay(FlushDelay).ConfigureAwait(false);
+        FlushCore();
+    }
+
+    private void FlushCore()
+    {
         lock (_lock)
         {
             for (int i = 0; i < _units.Length; i++)
-                _durable[i] = _units[i] is { } data ? (byte[])data.Clone() : null;
+            {
+                if (_dirty[i])
+                    Persist(i);
+            }
             FlushCount++;
         }
     }
 
-    public async ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None)
+    public ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None)
     {
         Check(offset, length, write: true);
-        await EnterAsync().ConfigureAwait(false);
+        return Run(static (v, o, l, _, _) => v.DiscardCore(o, l), offset, length, default, default);
+    }
+
+    private void DiscardCore(long offset, long length)
+    {
         lock (_lock)
         {
             // Only whole units inside the range are released, like dm-thin.
             long first = (offset + AllocationUnit - 1) / AllocationUnit;
             long end = (offset + length) / AllocationUnit;
             for (long u = first; u < end; u++)
+            {
                 _units[u] = null;
+                _dirty[u] = true;
+            }
         }
-        Interlocked.Decrement(ref _inFlight);
     }
 
-    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
     {
         Check(offset, length, write: true);
-        await EnterAsync().ConfigureAwait(false);
+        return mayDeallocate
+            ? Run(static (v, o, l, _, _) => v.ZeroCore(o, l, mayDeallocate: true), offset, length, default, default)
+            : Run(static (v, o, l, _, _) => v.ZeroCore(o, l, mayDeallocate: false), offset, length, default, default);
+    }
+
+    private void ZeroCore(long offset, long length, bool mayDeallocate)
+    {
         lock (_lock)
         {
             for (long done = 0; done < length;)
@@ -135,10 +176,10 @@ public sealed class MemoryVolume : IBlockVolume
                     data.AsSpan(at, count).Clear();
                 else if (!mayDeallocate)
                     Allocate(unit);
+                _dirty[unit] = true;
                 done += count;
             }
         }
-        Interlocked.Decrement(ref _inFlight);
     }
 
     public int GetExtents(long offset, long length, Span<VolumeExtent> extents)
@@ -193,6 +234,15 @@ public sealed class MemoryVolume : IBlockVolume
         }
     }
 
+    private void Persist(long unit)
+    {
+        if (_units[unit] is { } data)
+            data.CopyTo(_durable[unit] ??= new byte[AllocationUnit], 0);
+        else
+            _durable[unit] = null;
+        _dirty[unit] = false;
+    }
+
     private byte[] Allocate(long unit) => _units[unit] ??= new byte[AllocationUnit];
 
     private (long Unit, int At, int Count) Locate(long position, long remaining)
@@ -209,10 +259,28 @@ public sealed class MemoryVolume : IBlockVolume
             throw new BlockDeviceException(BlockError.OutOfRange, $"{Name}: [{offset}, +{length}) is outside the volume ({Size})");
     }
 
-    private async ValueTask EnterAsync()
+    private delegate void Operation(MemoryVolume volume, long offset, long argument, Memory<byte> destination, ReadOnlyMemory<byte> source);
+
+    // Static lambdas are cached delegates, so the immediate path allocates nothing.
+    private ValueTask Run(Operation operation, long offset, long argument, Memory<byte> destination, ReadOnlyMemory<byte> source)
+    {
+        if (OperationDelay > TimeSpan.Zero)
+            return RunLaterAsync(operation, offset, argument, destination, source);
+        operation(this, offset, argument, destination, source);
+        return ValueTask.CompletedTask;
+    }
+
+    private async ValueTask RunLaterAsync(Operation operation, long offset, long argument, Memory<byte> destination, ReadOnlyMemory<byte> source)
     {
         Interlocked.Increment(ref _inFlight);
-        if (OperationDelay > TimeSpan.Zero)
+        try
+        {
             await Task.Delay(OperationDelay).ConfigureAwait(false);
+            operation(this, offset, argument, destination, source);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
     }
 }
