@@ -38,9 +38,18 @@ internal sealed partial class NbdConnection
     private bool _readerWaitingForSlot;
     private readonly AsyncSignal _slotFreed = new();
 
-    // The send lock: the holder writes one whole reply; waiters queue in arrival order.
+    // Replies leave through one "sender" at a time (the slot holding the role). Small replies that
+    // arrive while someone is sending are copied into the pending buffer and go out with the
+    // sender's next send, so a busy connection needs far fewer send calls than replies. Replies
+    // that do not fit queue for the role in arrival order. Invariant: pending bytes exist only
+    // while the role is held, so the holder always drains them before letting go.
+    private const int SendBufferSize = 64 * 1024;
+    internal const int CoalesceLimit = 16 * 1024;
     private readonly object _sendLock = new();
-    private bool _sendHeld;
+    private bool _sending;
+    private byte[] _pending = [];
+    private byte[] _inFlight = [];
+    private int _pendingLength;
     private NbdRequest[] _sendQueue = [];
     private int _sendQueueHead;
     private int _sendQueueCount;
@@ -105,6 +114,8 @@ internal sealed partial class NbdConnection
         _slots = new NbdRequest[n];
         _freeSlots = new NbdRequest[n];
         _sendQueue = new NbdRequest[n];
+        _pending = GC.AllocateUninitializedArray<byte>(SendBufferSize, pinned: true);
+        _inFlight = GC.AllocateUninitializedArray<byte>(SendBufferSize, pinned: true);
         var loops = new Task[n];
         for (int i = 0; i < n; i++)
         {
@@ -353,26 +364,43 @@ internal sealed partial class NbdConnection
             _slotFreed.Set();
     }
 
-    /// <summary>Takes the send lock for <paramref name="slot"/>; completes synchronously when free.</summary>
-    internal ValueTask AcquireSendAsync(NbdRequest slot)
+    /// <summary>Hands a finished reply to the connection.</summary>
+    internal ReplyDisposition SubmitReply(NbdRequest slot, ReadOnlyMemory<byte> reply)
     {
         lock (_sendLock)
         {
-            if (!_sendHeld)
+            if (!_sending)
             {
-                _sendHeld = true;
-                return default;
+                _sending = true;
+                return ReplyDisposition.SendNow;
+            }
+            if (_sendQueueCount == 0 && reply.Length <= CoalesceLimit && reply.Length <= SendBufferSize - _pendingLength)
+            {
+                reply.Span.CopyTo(_pending.AsSpan(_pendingLength));
+                _pendingLength += reply.Length;
+                return ReplyDisposition.Queued;
             }
             _sendQueue[(_sendQueueHead + _sendQueueCount++) % _sendQueue.Length] = slot;
+            return ReplyDisposition.WaitForTurn;
         }
-        return slot.SendGranted.WaitAsync();
     }
 
-    internal void ReleaseSend()
+    /// <summary>Called by the sender after each send: true with the next bytes to send while it
+    /// keeps the role; false once the role went to a queued slot or was released.</summary>
+    internal bool NextSend(out ReadOnlyMemory<byte> data)
     {
         NbdRequest? next = null;
         lock (_sendLock)
         {
+            if (_sendQueueCount == 0 && _pendingLength > 0)
+            {
+                // Swap so slots can keep appending while these bytes are on their way.
+                (_pending, _inFlight) = (_inFlight, _pending);
+                data = _inFlight.AsMemory(0, _pendingLength);
+                _pendingLength = 0;
+                return true;
+            }
+            data = default;
             if (_sendQueueCount > 0)
             {
                 next = _sendQueue[_sendQueueHead];
@@ -382,11 +410,21 @@ internal sealed partial class NbdConnection
             }
             else
             {
-                _sendHeld = false;
+                _sending = false;
             }
         }
-        // Ownership passes straight to the next waiter, so nobody can overtake it.
+        // The role passes straight to the next waiter, so nobody can overtake it.
         next?.SendGranted.Set();
+        return false;
+    }
+
+    /// <summary>The sender's send failed: pending bytes are dropped (the connection is lost) and the
+    /// role moves on so queued slots can fail too and free themselves.</summary>
+    internal void AbandonSend()
+    {
+        lock (_sendLock)
+            _pendingLength = 0;
+        NextSend(out _);
     }
 
     /// <summary>A reply could not be written: stop reading; in-flight requests fail their sends.</summary>
@@ -462,6 +500,16 @@ internal sealed partial class NbdConnection
     }
 
     internal static byte[] Utf8(string s) => Encoding.UTF8.GetBytes(s);
+}
+
+internal enum ReplyDisposition
+{
+    /// <summary>The slot holds the sender role: send the reply, then drain what others queued.</summary>
+    SendNow,
+    /// <summary>The reply was copied into the pending buffer; the current sender will send it.</summary>
+    Queued,
+    /// <summary>Await <see cref="NbdRequest.SendGranted"/>, then send as the sender.</summary>
+    WaitForTurn,
 }
 
 /// <summary>The client broke the protocol in a way that cannot be answered; the connection ends.</summary>

@@ -34,7 +34,7 @@ internal sealed class NbdRequest
 
     public NbdRequest(NbdConnection connection) => _connection = connection;
 
-    /// <summary>Signalled when this slot may write its reply.</summary>
+    /// <summary>Signalled when this slot becomes the connection's sender.</summary>
     public AsyncSignal SendGranted { get; } = new();
 
     /// <summary>The WRITE payload (received by the reader) or the READ buffer.</summary>
@@ -134,18 +134,28 @@ internal sealed class NbdRequest
                     }
                 }
 
-                await _connection.AcquireSendAsync(this).ConfigureAwait(false);
-                try
+                var disposition = _connection.SubmitReply(this, reply);
+                if (disposition == ReplyDisposition.WaitForTurn)
+                    await SendGranted.WaitAsync().ConfigureAwait(false);
+                if (disposition != ReplyDisposition.Queued)
                 {
-                    while (!reply.IsEmpty)
+                    try
                     {
-                        int sent = await socket.SendAsync(reply, System.Net.Sockets.SocketFlags.None).ConfigureAwait(false);
-                        reply = reply[sent..];
+                        do
+                        {
+                            while (!reply.IsEmpty)
+                            {
+                                int sent = await socket.SendAsync(reply, System.Net.Sockets.SocketFlags.None).ConfigureAwait(false);
+                                reply = reply[sent..];
+                            }
+                        }
+                        while (_connection.NextSend(out reply));
                     }
-                }
-                finally
-                {
-                    _connection.ReleaseSend();
+                    catch
+                    {
+                        _connection.AbandonSend();
+                        throw;
+                    }
                 }
             }
             catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException or IOException)
