@@ -34,14 +34,26 @@ public sealed class AllocationTests : IDisposable
 
         using var done = new CountdownEvent(workers.Length);
         RunAll(workers, opsPerWorker: 300, done);
-        long before = GC.GetTotalAllocatedBytes(precise: true);
-        RunAll(workers, opsPerWorker: 500, done);
-        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        // Earlier tests leave handles for the finalizer thread, whose work would count here.
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
 
-        long ops = 500L * workers.Length;
+        // The count is process-wide, so an unrelated runtime thread can add a few bytes to one
+        // window. An allocation on the I/O path would add at least one object per I/O (thousands
+        // of bytes) to every window, so one exactly-zero window out of three is the proof.
+        const int opsPerWorker = 500;
+        long ops = (long)opsPerWorker * workers.Length;
+        var windows = new List<long>();
+        for (int attempt = 0; attempt < 3 && (windows.Count == 0 || windows[^1] != 0); attempt++)
+        {
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            RunAll(workers, opsPerWorker, done);
+            windows.Add(GC.GetTotalAllocatedBytes(precise: true) - before);
+        }
+
         Assert.All(workers, w => Assert.Null(w.Error));
         Assert.Equal(0, reactor.StaleCompletions);
-        Assert.True(allocated == 0, $"{allocated} bytes allocated over {ops} registered-buffer I/Os ({(double)allocated / ops:F2} B/IO)");
+        Assert.True(windows[^1] == 0, $"bytes allocated per window of {ops} registered-buffer I/Os: {string.Join(", ", windows)}");
     }
 
     private static void RunAll(LoopWorker[] workers, int opsPerWorker, CountdownEvent done)
@@ -49,7 +61,14 @@ public sealed class AllocationTests : IDisposable
         done.Reset(workers.Length);
         foreach (var w in workers)
             w.Start(opsPerWorker, done);
-        Assert.True(done.Wait(TimeSpan.FromSeconds(60)), "I/O did not finish within 60 s");
+        // Polled rather than Wait(): the event allocates its lock object the first time a Wait
+        // actually blocks, which would land inside the measured window.
+        long deadline = Environment.TickCount64 + 60_000;
+        while (!done.IsSet)
+        {
+            Assert.True(Environment.TickCount64 < deadline, "I/O did not finish within 60 s");
+            Thread.Sleep(1);
+        }
     }
 
     /// <summary>Issues reads and writes back to back: each completion, running on the reactor

@@ -293,31 +293,28 @@ public sealed unsafe class IoUringReactor : IDisposable
     {
         try
         {
-            bool spinning = false;
-            long spinStart = 0;
+            long lastCompletion = Stopwatch.GetTimestamp();
             while (true)
             {
-                SubmitPending(wait: false);
+                // Reap first: the continuations queue their next requests, which then go to the
+                // kernel together in one io_uring_enter below.
                 if (ProcessCompletions() > 0)
                 {
-                    spinning = false;
+                    lastCompletion = Stopwatch.GetTimestamp();
                     continue;
                 }
                 if (_stopping && IsDrained())
                     break;
-                if (Volatile.Read(ref _unsubmitted) > 0)
-                    continue;
-                if (!spinning)
+                if (Stopwatch.GetTimestamp() - lastCompletion < _spinTicks)
                 {
-                    spinning = true;
-                    spinStart = Stopwatch.GetTimestamp();
-                }
-                if (Stopwatch.GetTimestamp() - spinStart < _spinTicks)
-                {
-                    Thread.SpinWait(16);
+                    // Polling: submit what is queued and run pending completion work in one call
+                    // when there is either, else just look at the CQ again.
+                    if (Volatile.Read(ref _unsubmitted) > 0 || _ring.TaskRunPending)
+                        SubmitPending(wait: false);
+                    else
+                        Thread.SpinWait(16);
                     continue;
                 }
-                spinning = false;
                 Interlocked.Exchange(ref _sleeping, 1);
                 SubmitPending(wait: true);
                 Interlocked.Exchange(ref _sleeping, 0);
@@ -336,8 +333,10 @@ public sealed unsafe class IoUringReactor : IDisposable
             return _inFlight == 0 && _waitHead is null;
     }
 
-    /// <summary>Publishes and submits every queued SQE; with <paramref name="wait"/>, also sleeps
-    /// in the same syscall until at least one completion is available.</summary>
+    /// <summary>Publishes and submits every queued SQE in one io_uring_enter, which (GETEVENTS)
+    /// also runs completion work the kernel deferred to this thread (COOP_TASKRUN) and moves any CQ
+    /// overflow backlog back into the ring. With <paramref name="wait"/> the same call sleeps until
+    /// at least one completion is available.</summary>
     private void SubmitPending(bool wait)
     {
         uint n;
@@ -348,11 +347,7 @@ public sealed unsafe class IoUringReactor : IDisposable
                 _ring.PublishSq();
             _unsubmitted = 0;
         }
-        if (n == 0 && !wait && !_ring.CqOverflowed)
-            return;
-        // GETEVENTS also moves an overflow backlog (possible only if the sizing rule is broken)
-        // back into the CQ.
-        uint flags = wait || _ring.CqOverflowed ? IoUring.IORING_ENTER_GETEVENTS : 0;
+        const uint flags = IoUring.IORING_ENTER_GETEVENTS;
         uint min = wait ? 1u : 0u;
         while (true)
         {

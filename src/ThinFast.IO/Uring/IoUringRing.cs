@@ -61,9 +61,19 @@ internal sealed unsafe class IoUringRing : IDisposable
     {
         ring = null;
         IoUringParams p = default;
-        p.Flags = IoUring.IORING_SETUP_CQSIZE;
+        // Only the reactor thread ever submits, so completions need not interrupt it in user mode
+        // (COOP_TASKRUN); TASKRUN_FLAG tells the polling loop when to enter the kernel to run
+        // them. Kernels before 5.19 reject the flags: retry without.
+        p.Flags = IoUring.IORING_SETUP_CQSIZE | IoUring.IORING_SETUP_COOP_TASKRUN | IoUring.IORING_SETUP_TASKRUN_FLAG;
         p.CqEntries = entries * 2;
         int fd = Syscall.IoUringSetup(entries, &p);
+        if (fd == -Errno.EINVAL)
+        {
+            p = default;
+            p.Flags = IoUring.IORING_SETUP_CQSIZE;
+            p.CqEntries = entries * 2;
+            fd = Syscall.IoUringSetup(entries, &p);
+        }
         if (fd < 0)
         {
             error = $"io_uring_setup({entries}) failed: {Errno.Describe(fd)}";
@@ -129,7 +139,9 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// <summary>Makes every SQE taken so far visible to the kernel. Caller holds the SQ lock.</summary>
     public void PublishSq() => Volatile.Write(ref *_sqTail, _sqLocalTail);
 
-    public bool CqOverflowed => (Volatile.Read(ref *_sqFlags) & IoUring.IORING_SQ_CQ_OVERFLOW) != 0;
+    /// <summary>Completions are waiting for this thread to enter the kernel (TASKRUN_FLAG rings).</summary>
+    public bool TaskRunPending => (Volatile.Read(ref *_sqFlags) & IoUring.IORING_SQ_TASKRUN) != 0;
+
 
     public int Enter(uint toSubmit, uint minComplete, uint flags) => Syscall.IoUringEnter(Fd, toSubmit, minComplete, flags);
 
