@@ -264,6 +264,7 @@ internal sealed partial class NbdConnection
 
     private void EnterTransmission(NbdExport export)
     {
+        Volatile.Write(ref _handshakeDeadline, 0);
         _export = export;
         // A context selection counts only for the export it was made for.
         if (!ReferenceEquals(_metaContextExport, export))

@@ -56,11 +56,39 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
+    // Watched by the server's timer: a client that never finishes the handshake, or stops reading
+    // its replies, would otherwise hold a connection slot and payload buffers forever.
+    private long _handshakeDeadline;
+    private long _sendStartedAt;
+
     public NbdConnection(NbdServer server, Socket socket)
     {
         _server = server;
         _socket = socket;
         _options = server.Options;
+        _handshakeDeadline = Environment.TickCount64 + (long)_options.HandshakeTimeout.TotalMilliseconds;
+    }
+
+    internal void SendStarting() => Volatile.Write(ref _sendStartedAt, Environment.TickCount64);
+
+    internal void SendFinished() => Volatile.Write(ref _sendStartedAt, 0);
+
+    /// <summary>Drops the connection if its handshake or a reply send has taken too long.</summary>
+    internal void CheckTimeouts(long now)
+    {
+        long deadline = Volatile.Read(ref _handshakeDeadline);
+        long sendStarted = Volatile.Read(ref _sendStartedAt);
+        string? reason = null;
+        if (deadline != 0 && now > deadline)
+            reason = $"handshake not finished within {_options.HandshakeTimeout}";
+        else if (sendStarted != 0 && now - sendStarted > (long)_options.SendTimeout.TotalMilliseconds)
+            reason = $"client has not read its replies for {_options.SendTimeout}";
+        if (reason is null)
+            return;
+        _server.Log($"nbd: dropping client: {reason}");
+        _broken = true;
+        // Closing (not just shutting down) aborts the stuck receive or send at once.
+        _socket.Dispose();
     }
 
     internal NbdServer Server => _server;

@@ -143,11 +143,13 @@ internal sealed class NbdRequest
                     {
                         do
                         {
+                            _connection.SendStarting();
                             while (!reply.IsEmpty)
                             {
                                 int sent = await socket.SendAsync(reply, System.Net.Sockets.SocketFlags.None).ConfigureAwait(false);
                                 reply = reply[sent..];
                             }
+                            _connection.SendFinished();
                         }
                         while (_connection.NextSend(out reply));
                     }

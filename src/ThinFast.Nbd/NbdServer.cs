@@ -16,6 +16,7 @@ public sealed class NbdServer : IAsyncDisposable
     // Open connections and the tasks serving them; an entry leaves when its connection ends.
     private readonly Dictionary<NbdConnection, Task> _connections = [];
     private readonly Action<string>? _log;
+    private readonly Timer _watchdog;
     private volatile bool _stopping;
     private Task? _stopped;
 
@@ -35,6 +36,18 @@ public sealed class NbdServer : IAsyncDisposable
             throw new ArgumentException($"default export '{name}' is not one of the exports", nameof(options));
         _log = log;
         Buffers = new PayloadBufferPool(Options.BufferTiers);
+        var period = TimeSpan.FromMilliseconds(Math.Clamp(Math.Min(Options.HandshakeTimeout.TotalMilliseconds, Options.SendTimeout.TotalMilliseconds) / 4, 50, 1000));
+        _watchdog = new Timer(static state => ((NbdServer)state!).CheckTimeouts(), this, period, period);
+    }
+
+    private void CheckTimeouts()
+    {
+        long now = Environment.TickCount64;
+        lock (_connections)
+        {
+            foreach (var connection in _connections.Keys)
+                connection.CheckTimeouts(now);
+        }
     }
 
     public NbdServerOptions Options { get; }
@@ -213,6 +226,7 @@ public sealed class NbdServer : IAsyncDisposable
             if (!volume.IsReadOnly)
                 await volume.FlushAsync().ConfigureAwait(false);
         }
+        await _watchdog.DisposeAsync().ConfigureAwait(false);
         Buffers.Dispose();
     }
 

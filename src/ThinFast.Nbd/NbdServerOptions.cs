@@ -28,7 +28,7 @@ public sealed class NbdExport
 }
 
 /// <summary>Limits and buffer sizing of an <see cref="NbdServer"/>.</summary>
-public sealed class NbdServerOptions
+public sealed record NbdServerOptions
 {
     /// <summary>Largest READ/WRITE payload accepted (advertised as the maximum block size).</summary>
     public int MaxPayload { get; init; } = 32 * 1024 * 1024;
@@ -53,6 +53,13 @@ public sealed class NbdServerOptions
     /// connection survives; beyond it the connection is dropped.</summary>
     public long MaxDrainBytes { get; init; } = 128L * 1024 * 1024;
 
+    /// <summary>A client still negotiating after this long is dropped.</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>A reply that cannot be handed to the socket for this long (the client stopped
+    /// reading) drops the connection, freeing its buffers for other clients.</summary>
+    public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Export served for the empty name; null means the empty name is unknown.</summary>
     public string? DefaultExport { get; init; }
 
@@ -69,6 +76,8 @@ public sealed class NbdServerOptions
             throw new ArgumentException($"MaxConnections {MaxConnections} must be at least 1");
         if (RequestsPerConnection is < 1 or > 1024)
             throw new ArgumentException($"RequestsPerConnection {RequestsPerConnection} must be in 1..1024");
+        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("HandshakeTimeout and SendTimeout must be positive");
         if (BufferTiers.Count == 0)
             throw new ArgumentException("BufferTiers is empty");
         int previous = 0;

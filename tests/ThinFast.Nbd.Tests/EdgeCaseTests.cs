@@ -213,6 +213,71 @@ public class EdgeCaseTests
         await WaitUntilAsync(() => h.Server.ConnectionCount == 0);
     }
 
+    [Fact]
+    public async Task ClientsThatStallOrHoardAreDroppedAndTheLimitIsEnforced()
+    {
+        await using var h = ServerHarness.Start(options: ServerHarness.TestOptions with
+        {
+            MaxConnections = 3,
+            HandshakeTimeout = TimeSpan.FromSeconds(1),
+            SendTimeout = TimeSpan.FromSeconds(1),
+        });
+        var script = RawClient + $$"""
+
+            import time
+            path = '{{h.SocketPath}}'
+            res = {}
+            h.pwrite(b'\x61' * (1 << 20), 0)
+            # h plus two clients idling in the handshake fill the limit of 3: a fourth is closed at once.
+            idle = [raw_connect(path), raw_connect(path)]
+            time.sleep(0.2)
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(path)
+            res['over_limit_closed'] = s.recv(18) == b''
+            s.close()
+            # The idlers are dropped after the handshake timeout.
+            res['idle_dropped'] = all(recvn(c, 1) is None for c in idle)
+            time.sleep(0.3)  # the server forgets a dropped connection just after closing it
+
+            # A client that asks for 64 MiB of reads and never reads the replies fills the socket;
+            # after the send timeout it is dropped, and h's large reads keep working meanwhile.
+            hog = raw_connect(path)
+            go(hog)
+            for i in range(64):
+                request(hog, 0, 0, 1 << 20, cookie=i)
+            t = time.monotonic()
+            served = 0
+            while time.monotonic() - t < 2.5:
+                if h.pread(1 << 20, 0) == b'\x61' * (1 << 20):
+                    served += 1
+            res['served_while_hogged'] = served
+            hog.settimeout(10)
+            got = 0
+            try:
+                while True:
+                    c = hog.recv(1 << 20)
+                    if not c:
+                        break
+                    got += len(c)
+            except OSError:
+                pass
+            res['hog_got_bytes'] = got
+            res['still_serving'] = h.pread(4096, 0) == b'\x61' * 4096
+            print(json.dumps(res))
+            """;
+        var result = await Tool.NbdshAsync(h.UnixUri(), script, TimeSpan.FromSeconds(60));
+        var res = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(result.StdOut.Trim())!;
+        Assert.True(res["over_limit_closed"].GetBoolean(), result.StdOut);
+        Assert.True(res["idle_dropped"].GetBoolean(), result.StdOut);
+        Assert.True(res["served_while_hogged"].GetInt32() > 10, result.StdOut);
+        // The hog was cut off long before all 64 MiB of replies were delivered.
+        Assert.True(res["hog_got_bytes"].GetInt64() < 64L << 20, result.StdOut);
+        Assert.True(res["still_serving"].GetBoolean());
+        Assert.Contains(h.Log, m => m.Contains("handshake not finished"));
+        Assert.Contains(h.Log, m => m.Contains("has not read its replies"));
+    }
+
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
         for (int i = 0; i < 100 && !condition(); i++)

@@ -53,17 +53,7 @@ public sealed class ServerHarness : IAsyncDisposable
         var directory = System.IO.Directory.CreateTempSubdirectory("thinfast-nbd-").FullName;
         var socketPath = Path.Combine(directory, "nbd.sock");
         options ??= TestOptions;
-        options = new NbdServerOptions
-        {
-            MaxPayload = options.MaxPayload,
-            MinimumBlockSize = options.MinimumBlockSize,
-            MaxConnections = options.MaxConnections,
-            RequestsPerConnection = options.RequestsPerConnection,
-            BufferTiers = options.BufferTiers,
-            MaxDrainBytes = options.MaxDrainBytes,
-            AllowList = options.AllowList,
-            DefaultExport = "disk",
-        };
+        options = options with { DefaultExport = "disk" };
         List<NbdExport> exports = [new NbdExport(volume, "disk", description: "in-memory test volume"), .. extraExports];
         ServerHarness? harness = null;
         var server = new NbdServer(exports, options, message =>
