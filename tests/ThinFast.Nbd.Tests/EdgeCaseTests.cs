@@ -1,4 +1,5 @@
 using System.Text.Json;
+using ThinFast.IO;
 
 namespace ThinFast.Nbd.Tests;
 
@@ -276,6 +277,57 @@ public class EdgeCaseTests
         Assert.True(res["still_serving"].GetBoolean());
         Assert.Contains(h.Log, m => m.Contains("handshake not finished"));
         Assert.Contains(h.Log, m => m.Contains("has not read its replies"));
+    }
+
+    [Fact]
+    public async Task VolumeFailuresAndReadOnlyExportsMapToNbdErrors()
+    {
+        var origin = new MemoryVolume(4 * 1024 * 1024, name: "origin");
+        await origin.WriteAsync(0, new byte[] { 0x4f, 0x4b });
+        await using var h = ServerHarness.Start(extraExports: new NbdExport(origin, readOnly: true));
+        h.Volume.FailingRange = (8 << 20, 1 << 20, BlockError.IoError);
+        var script = RawClient + $$"""
+
+            res = {}
+            res['read_io_error'] = err(lambda: h.pread(4096, 8 << 20))
+            res['write_io_error'] = err(lambda: h.pwrite(b'z' * 4096, (8 << 20) + 4096))
+            chunks = []
+            data = h.pread_structured(70000, 12345, lambda sub, off, status, error: chunks.append((off, len(sub), status)) or 0, nbd.CMD_FLAG_DF)
+            res['df_read'] = data == bytes(70000) and chunks == [(12345, 70000, nbd.READ_DATA)]
+            ro = nbd.NBD()
+            ro.set_strict_mode(0)
+            ro.connect_uri('{{h.UnixUri("origin")}}')
+            res['ro_is_read_only'] = ro.is_read_only()
+            res['ro_write'] = err(lambda: ro.pwrite(b'x' * 512, 0))
+            res['ro_trim'] = err(lambda: ro.trim(65536, 0))
+            res['ro_zero'] = err(lambda: ro.zero(65536, 0))
+            res['ro_fua_read'] = err(lambda: ro.pread(512, 0, nbd.CMD_FLAG_FUA))
+            res['ro_read'] = ro.pread(2, 0) == b'OK'
+            res['ro_flush'] = err(lambda: ro.flush())
+            print(json.dumps(res))
+            """;
+        var result = await Tool.NbdshAsync(h.UnixUri(), script);
+        var res = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(result.StdOut.Trim())!;
+        Assert.Equal(5, res["read_io_error"].GetInt32());
+        Assert.Equal(5, res["write_io_error"].GetInt32());
+        Assert.True(res["df_read"].GetBoolean());
+        Assert.True(res["ro_is_read_only"].GetBoolean());
+        Assert.Equal(1, res["ro_write"].GetInt32());
+        Assert.Equal(1, res["ro_trim"].GetInt32());
+        Assert.Equal(1, res["ro_zero"].GetInt32());
+        Assert.Equal(22, res["ro_fua_read"].GetInt32());
+        Assert.True(res["ro_read"].GetBoolean());
+        Assert.Equal(0, res["ro_flush"].GetInt32());
+        Assert.Equal([0x4f, 0x4b, 0], origin.ToArray()[..3]);
+        Assert.Contains(h.Log, m => m.Contains("injected IoError"));
+
+        // A full pool is ENOSPC, a volume turned read-only underneath is EPERM.
+        h.Volume.FailingRange = (0, 4096, BlockError.NoSpace);
+        var full = await Tool.NbdshAsync(h.UnixUri(), RawClient + "\nprint(err(lambda: h.pwrite(b'q' * 4096, 0)))");
+        Assert.Equal("28", full.StdOut.Trim());
+        h.Volume.FailingRange = (0, 4096, BlockError.ReadOnly);
+        var readOnly = await Tool.NbdshAsync(h.UnixUri(), RawClient + "\nprint(err(lambda: h.zero(4096, 0)))");
+        Assert.Equal("1", readOnly.StdOut.Trim());
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition)

@@ -50,6 +50,9 @@ public sealed class MemoryVolume : IBlockVolume
 
     public int FlushCount { get; private set; }
 
+    /// <summary>Data operations touching this range fail with this error (fault injection).</summary>
+    public (long Offset, long Length, BlockError Error)? FailingRange { get; set; }
+
     public int AllocatedUnits
     {
         get
@@ -257,6 +260,8 @@ public sealed class MemoryVolume : IBlockVolume
             throw new BlockDeviceException(BlockError.ReadOnly, $"{Name}: volume is read-only");
         if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
             throw new BlockDeviceException(BlockError.OutOfRange, $"{Name}: [{offset}, +{length}) is outside the volume ({Size})");
+        if (FailingRange is var (failOffset, failLength, error) && offset < failOffset + failLength && failOffset < offset + length)
+            throw new BlockDeviceException(error, $"{Name}: injected {error} at [{offset}, +{length})");
     }
 
     private delegate void Operation(MemoryVolume volume, long offset, long argument, Memory<byte> destination, ReadOnlyMemory<byte> source);
