@@ -99,10 +99,6 @@ internal sealed partial class NbdConnection
 
     internal bool StructuredReplies => _structuredReplies;
 
-    internal bool AllocationContextSelected => _allocationContextSelected;
-
-    internal NbdServerOptions Options => _options;
-
     /// <summary>Stops reading new requests; in-flight ones still finish and get replies.</summary>
     public void BeginShutdown()
     {
@@ -468,8 +464,6 @@ internal sealed partial class NbdConnection
             // Already gone.
         }
     }
-
-    internal bool IsBroken => _broken;
 
     // ---- socket I/O ---------------------------------------------------------------------------
 
