@@ -100,16 +100,16 @@ internal sealed class CountTable
         return false;
     }
 
-    /// <summary>Keeps block 0 (the superblock) out of reach of the allocator.</summary>
-    public void SkipBelow(ulong block) => _hint = Math.Max(_hint, block);
-
-    /// <summary>The committed state now equals the current one: pinned blocks become allocatable.</summary>
+    /// <summary>
+    /// The committed state now equals the current one: pinned blocks become allocatable. The search
+    /// hint is kept, so allocation continues where it stopped instead of rescanning the used prefix
+    /// after every commit; freed blocks behind it are found when the search wraps.
+    /// </summary>
     public void EndTransaction()
     {
         foreach (ulong b in _pinnedList)
             _pinned[b >> 6] &= ~(1UL << (int)(b & 63));
         _pinnedList.Clear();
-        _hint = 0;
     }
 
     public void Grow(ulong newNrBlocks)

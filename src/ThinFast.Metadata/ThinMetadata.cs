@@ -94,7 +94,6 @@ public sealed partial class ThinMetadata : IDisposable
         _cache.Clear();
         _cache.NrBlocks = nrMeta;
         _tm = new TransactionManager(_cache, meta, data);
-        meta.SkipBelow(1);
         for (int i = 0; i < meta.BitmapCount; i++) meta.SetBitmapDirty(i, true);
         for (int i = 0; i < data.BitmapCount; i++) data.SetBitmapDirty(i, true);
         _metaEntries = new IndexEntry[meta.BitmapCount];

@@ -97,6 +97,5 @@ internal sealed class TransactionManager
         _ownedList.Clear();
         Meta.EndTransaction();
         Data.EndTransaction();
-        Meta.SkipBelow(1);
     }
 }
