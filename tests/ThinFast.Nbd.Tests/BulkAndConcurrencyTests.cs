@@ -21,8 +21,8 @@ public class BulkAndConcurrencyTests
         await File.WriteAllBytesAsync(inFile, source, TestContext.Current.CancellationToken);
 
         await Tool.RunOkAsync("nbdcopy", "--flush", inFile, h.UnixUri());
-        Assert.Equal(source, h.Volume.ToArray());
-        Assert.Equal(source, h.Volume.DurableImage());
+        Tool.AssertSame(source, h.Volume.ToArray());
+        Tool.AssertSame(source, h.Volume.DurableImage());
         // Large zero runs of the source did not become allocated storage.
         Assert.False(h.Volume.IsAllocated(5 << 20, 4 << 20));
 
@@ -86,9 +86,9 @@ public class BulkAndConcurrencyTests
 
         var durable = h.Volume.DurableImage();
         Assert.Equal(1, h.Volume.FlushCount);
-        Assert.All(durable.AsSpan(0, 65536).ToArray(), b => Assert.Equal(0xa1, b));
-        Assert.All(durable.AsSpan(1 << 20, 65536).ToArray(), b => Assert.Equal(0xc3, b));
-        Assert.All(durable.AsSpan(2 << 20, 65536).ToArray(), b => Assert.Equal(0, b));
+        Tool.AssertFilled(durable, 0, 65536, 0xa1);
+        Tool.AssertFilled(durable, 1 << 20, 65536, 0xc3);
+        Tool.AssertFilled(durable, 2 << 20, 65536, 0);
     }
 
     [Fact]

@@ -115,8 +115,8 @@ public class EdgeCaseTests
         Assert.True(res["still_serving"].GetBoolean(), result.StdOut);
         // None of the refused writes reached the volume.
         var image = h.Volume.ToArray();
-        Assert.All(image.AsSpan(0, 65538).ToArray(), b => Assert.Equal(0x5a, b));
-        Assert.All(image.AsSpan(65538, 1 << 20).ToArray(), b => Assert.Equal(0, b));
+        Tool.AssertFilled(image, 0, 65538, 0x5a);
+        Tool.AssertFilled(image, 65538, 1 << 20, 0);
         Assert.Equal(0, image[^1]);
     }
 
@@ -157,6 +157,25 @@ public class EdgeCaseTests
 
             s = raw_connect(path, client_flags=7)
             res['bad_client_flags_closed'] = recvn(s, 1) is None
+            s.close()
+
+            # The old EXPORT_NAME ending: size and flags, plus 124 zero bytes unless NO_ZEROES.
+            s = raw_connect(path, client_flags=1)
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', 1, 4) + b'disk')
+            reply = recvn(s, 134)
+            res['export_name_size'] = struct.unpack('>Q', reply[:8])[0]
+            res['export_name_flags'] = struct.unpack('>H', reply[8:10])[0]
+            res['export_name_zeroes'] = reply[10:] == bytes(124)
+            request(s, 0, 0, 512, cookie=5)
+            res['export_name_read'] = simple_reply(s) == 0 and recvn(s, 512) == b'\x33' * 512
+            s.close()
+            s = raw_connect(path)
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', 1, 0))
+            res['export_name_default_size'] = struct.unpack('>Q', recvn(s, 10)[:8])[0]
+            s.close()
+            s = raw_connect(path)
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', 1, 6) + b'nosuch')
+            res['export_name_unknown_closed'] = recvn(s, 1) is None
             s.close()
 
             # A write announcing more payload than the server will drain: EINVAL, then close.
@@ -201,15 +220,21 @@ public class EdgeCaseTests
         Assert.True(res["read_data_ok"].GetBoolean());
         Assert.True(res["disc_closes"].GetBoolean());
         Assert.True(res["bad_client_flags_closed"].GetBoolean());
+        Assert.Equal(ServerHarness.DefaultSize, res["export_name_size"].GetInt64());
+        Assert.Equal(0x0d6d, res["export_name_flags"].GetInt32()); // no SEND_DF without structured replies
+        Assert.True(res["export_name_zeroes"].GetBoolean());
+        Assert.True(res["export_name_read"].GetBoolean());
+        Assert.Equal(ServerHarness.DefaultSize, res["export_name_default_size"].GetInt64());
+        Assert.True(res["export_name_unknown_closed"].GetBoolean());
         Assert.Equal(22, res["huge_write"].GetInt32());
         Assert.True(res["huge_write_closed"].GetBoolean());
         Assert.True(res["bad_magic_closed"].GetBoolean());
         Assert.True(res["other_client_still_served"].GetBoolean());
 
         var image = h.Volume.ToArray();
-        Assert.All(image.AsSpan(0, 65536).ToArray(), b => Assert.Equal(0x33, b));
-        Assert.DoesNotContain((byte)0xee, image);
-        Assert.DoesNotContain((byte)0x77, image);
+        Tool.AssertFilled(image, 0, 65536, 0x33);
+        Assert.Equal(-1, image.AsSpan().IndexOf((byte)0xee));
+        Assert.Equal(-1, image.AsSpan().IndexOf((byte)0x77));
         // Every broken connection is gone; only h's remains until the script ended.
         await WaitUntilAsync(() => h.Server.ConnectionCount == 0);
     }

@@ -175,6 +175,17 @@ public static class Tool
         return data;
     }
 
+    /// <summary>Asserts that image[offset, offset+length) holds only <paramref name="value"/>.</summary>
+    public static void AssertFilled(byte[] image, long offset, int length, byte value)
+    {
+        var span = image.AsSpan((int)offset, length);
+        int bad = span.IndexOfAnyExcept(value);
+        Assert.True(bad < 0, bad < 0 ? "" : $"byte {offset + bad} is 0x{span[bad]:x2}, expected 0x{value:x2}");
+    }
+
+    public static void AssertSame(byte[] expected, byte[] actual) =>
+        Assert.True(expected.AsSpan().SequenceEqual(actual), Describe(expected, actual));
+
     public static string Describe(byte[] expected, byte[] actual)
     {
         if (expected.Length != actual.Length)
