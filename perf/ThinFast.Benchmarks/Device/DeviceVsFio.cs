@@ -51,6 +51,8 @@ public sealed class DeviceVsFio : IComparisonRun
         int runtime = 10, ramp = 2, repeat = 1;
         bool keep = false;
         TimeSpan? spin = null;
+        string? only = null;
+        bool registered = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -61,9 +63,11 @@ public sealed class DeviceVsFio : IComparisonRun
                 case "--ramp": ramp = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--repeat": repeat = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--keep": keep = true; break;
+                case "--only": only = args[++i]; break;
+                case "--plain-buffers": registered = false; break;
                 case "--spin-us": spin = TimeSpan.FromMicroseconds(double.Parse(args[++i], CultureInfo.InvariantCulture)); break;
                 default:
-                    Console.Error.WriteLine($"unknown argument '{args[i]}'; usage: device-vs-fio [--file PATH] [--size-mib N] [--runtime S] [--ramp S] [--repeat N] [--keep] [--spin-us N]");
+                    Console.Error.WriteLine($"unknown argument '{args[i]}'; usage: device-vs-fio [--file PATH] [--size-mib N] [--runtime S] [--ramp S] [--repeat N] [--keep] [--spin-us N] [--only WORKLOAD] [--plain-buffers]");
                     return 2;
             }
         }
@@ -75,17 +79,19 @@ public sealed class DeviceVsFio : IComparisonRun
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         bool created = await PrepareAsync(file, size);
 
-        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
+        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
         Console.WriteLine($"{"workload",-18} {"engine",-9} {"IOPS",10} {"MiB/s",9} {"CPU us/IO",10} {"alloc B/IO",11}");
         var summary = new List<string>();
         foreach (var w in Workloads)
         {
+            if (only is not null && w.Name != only)
+                continue;
             var pairs = new List<(Result Fio, Result ThinFast)>();
             for (int r = 0; r < repeat; r++)
             {
                 var f = await Fio.RunAsync(file, size, w.FioRw, w.BlockSize, w.QueueDepth, runtime, ramp);
                 Print(w, "fio", f);
-                var t = RunThinFast(file, w, runtime, ramp, spin);
+                var t = RunThinFast(file, w, runtime, ramp, spin, registered);
                 Print(w, "ThinFast", t);
                 pairs.Add((f, t));
             }
@@ -116,14 +122,15 @@ public sealed class DeviceVsFio : IComparisonRun
         return true;
     }
 
-    private static Result RunThinFast(string file, Workload w, int runtime, int ramp, TimeSpan? spin)
+    private static Result RunThinFast(string file, Workload w, int runtime, int ramp, TimeSpan? spin, bool registered)
     {
         // Declared before the reactor so it is freed after the ring (and its fixed-buffer table) is gone.
         using var pool = new AlignedBufferPool(w.BlockSize, w.QueueDepth);
         if (!IoUringReactor.TryCreate(out var reactor, out string? why, entries: 256, spin: spin))
             throw new InvalidOperationException("io_uring unavailable: " + why);
         using var _ = reactor;
-        reactor.RegisterBuffers(pool);
+        if (registered)
+            reactor.RegisterBuffers(pool);
         using var device = BlockDevices.Open(file, new BlockDeviceOptions { Backend = BlockDeviceBackend.IoUring, Reactor = reactor });
         var shared = new SharedCursor(device.Length / w.BlockSize);
         var workers = new Worker[w.QueueDepth];
