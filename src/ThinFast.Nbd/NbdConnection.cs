@@ -416,7 +416,8 @@ internal sealed partial class NbdConnection
         NbdRequest? next = null;
         lock (_sendLock)
         {
-            if (_sendQueueCount == 0 && _pendingLength > 0)
+            // Pending bytes go first: nothing is appended while slots queue, so neither side starves.
+            if (_pendingLength > 0)
             {
                 // Swap so slots can keep appending while these bytes are on their way.
                 (_pending, _inFlight) = (_inFlight, _pending);

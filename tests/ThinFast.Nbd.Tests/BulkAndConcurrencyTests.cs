@@ -37,8 +37,10 @@ public class BulkAndConcurrencyTests
         await using var h = ServerHarness.Start();
         var result = await Tool.RunAsync("fio",
         [
-            "--name=verify", "--ioengine=nbd", $"--uri={h.TcpUri()}", "--rw=randwrite", "--bs=4k",
-            "--size=24m", "--offset_increment=32m", "--numjobs=2", "--iodepth=16",
+            "--name=verify", "--ioengine=nbd", $"--uri={h.TcpUri()}", "--rw=randwrite",
+            // Mixed sizes: small replies coalesce while large ones queue for the sender.
+            "--bssplit=4k/60:16k/15:64k/15:1m/10",
+            "--size=24m", "--offset_increment=32m", "--numjobs=2", "--iodepth=32",
             "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", "--output-format=json",
         ], TimeSpan.FromSeconds(120));
         Assert.True(result.ExitCode == 0, result.ToString());
