@@ -64,6 +64,29 @@ public sealed class BackendSelectionTests : IDisposable
     }
 
     [Fact]
+    public void AutoFallsBackToPortableAndSaysWhyWhenIoUringIsUnavailable()
+    {
+        Environment.SetEnvironmentVariable(BlockDevices.BackendEnvironmentVariable, null);
+        IoUringReactor.SimulatedUnavailability = "io_uring_setup(512) failed: EPERM (simulated)";
+        try
+        {
+            using (var device = OpenAuto())
+                Assert.IsType<PortableBlockDevice>(device);
+            string line = Assert.Single(_log);
+            Assert.Contains("io_uring unavailable (io_uring_setup(512) failed: EPERM (simulated))", line);
+            Assert.Contains("portable backend", line);
+
+            var e = Assert.Throws<BlockDeviceException>(() => OpenAuto(BlockDeviceBackend.IoUring));
+            Assert.Equal(BlockError.NotSupported, e.Error);
+            Assert.Contains("EPERM (simulated)", e.Message);
+        }
+        finally
+        {
+            IoUringReactor.SimulatedUnavailability = null;
+        }
+    }
+
+    [Fact]
     public void UnknownEnvironmentValueIsRejectedByName()
     {
         Environment.SetEnvironmentVariable(BlockDevices.BackendEnvironmentVariable, "libaio");

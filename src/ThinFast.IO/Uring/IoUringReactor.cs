@@ -22,7 +22,7 @@ namespace ThinFast.IO.Uring;
 /// There are SQ entries − 1 slots (one entry is kept for the wake-up read) and the CQ is twice the
 /// SQ, so neither queue can overflow; requests beyond the slot count wait in FIFO order.</para>
 /// </remarks>
-public sealed unsafe class IoUringReactor : IDisposable
+public sealed unsafe partial class IoUringReactor : IDisposable
 {
 #if DEBUG
     // Small in debug builds so the slot-exhaustion queue and ring wrap-around run in every test.
@@ -120,6 +120,12 @@ public sealed unsafe class IoUringReactor : IDisposable
     {
         lock (s_sharedLock)
         {
+            if (SimulatedUnavailability is { } simulated)
+            {
+                reactor = null;
+                error = simulated;
+                return false;
+            }
             if (s_shared is null && s_sharedError is null && !TryCreate(out s_shared, out s_sharedError))
                 s_shared = null;
             reactor = s_shared;
