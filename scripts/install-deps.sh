@@ -14,6 +14,7 @@ packages=(
   e2fsprogs fuse3           # mkfs.ext4, e2fsck, debugfs; fusermount3
   python3                   # shared/tools/dmthin/analyze.py
   gcc                       # the struct-layout probe
+  mount                     # losetup: loop block devices for the block-device tests (IO)
 )
 
 missing=()
