@@ -14,6 +14,9 @@ internal sealed class NbdRequest
     /// <summary>Extents asked of the volume per BLOCK_STATUS; clients ask again for the rest.</summary>
     private const int MaxExtents = 1024;
     private const int MaxMessageBytes = 256;
+    /// <summary>Reads at least this long are answered with one OFFSET_HOLE chunk when the volume
+    /// reports the whole range as zeros; shorter ones are not worth the extra extent lookup.</summary>
+    private const int HoleCheckMinimum = 64 * 1024;
 
     private readonly NbdConnection _connection;
     private readonly AsyncSignal _work = new();
@@ -87,6 +90,11 @@ internal sealed class NbdRequest
                         switch (_command)
                         {
                             case NbdCommand.Read:
+                                if (ReadsAsZeros(volume))
+                                {
+                                    reply = BuildHoleReply();
+                                    break;
+                                }
                                 if (!pool.TryRent((int)_length, out var buffer))
                                     buffer = await pool.RentAsync((int)_length).ConfigureAwait(false);
                                 Payload = buffer;
@@ -229,6 +237,24 @@ internal sealed class NbdRequest
         WriteStructuredHeader(_reply, NbdReplyType.BlockStatus, payloadLength);
         BinaryPrimitives.WriteUInt32BigEndian(_reply.AsSpan(NbdProtocol.StructuredHeaderSize), NbdConnection.AllocationContextId);
         return _reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + payloadLength);
+    }
+
+    private bool ReadsAsZeros(IBlockVolume volume)
+    {
+        if (!_connection.StructuredReplies || _length < HoleCheckMinimum || (_flags & NbdCommandFlags.DontFragment) != 0)
+            return false;
+        if (volume.GetExtents(_offset, _length, _extents.AsSpan(0, 1)) != 1)
+            return false;
+        var extent = _extents[0];
+        return (extent.Flags & ExtentFlags.Zero) != 0 && extent.Offset <= _offset && extent.Offset + extent.Length >= _offset + _length;
+    }
+
+    private ReadOnlyMemory<byte> BuildHoleReply()
+    {
+        WriteStructuredHeader(_reply, NbdReplyType.OffsetHole, 12);
+        BinaryPrimitives.WriteUInt64BigEndian(_reply.AsSpan(NbdProtocol.StructuredHeaderSize), (ulong)_offset);
+        BinaryPrimitives.WriteUInt32BigEndian(_reply.AsSpan(NbdProtocol.StructuredHeaderSize + 8), _length);
+        return _reply.AsMemory(0, NbdProtocol.StructuredHeaderSize + 12);
     }
 
     private ReadOnlyMemory<byte> BuildReadReply()

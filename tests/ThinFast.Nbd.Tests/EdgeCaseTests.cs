@@ -319,6 +319,14 @@ public class EdgeCaseTests
             chunks = []
             data = h.pread_structured(70000, 12345, lambda sub, off, status, error: chunks.append((off, len(sub), status)) or 0, nbd.CMD_FLAG_DF)
             res['df_read'] = data == bytes(70000) and chunks == [(12345, 70000, nbd.READ_DATA)]
+            # Without DF a read of a wholly unallocated range is one OFFSET_HOLE chunk.
+            chunks = []
+            data = h.pread_structured(1 << 20, 16 << 20, lambda sub, off, status, error: chunks.append((off, len(sub), status)) or 0)
+            res['hole_read'] = data == bytes(1 << 20) and chunks == [(16 << 20, 1 << 20, nbd.READ_HOLE)]
+            h.pwrite(b'\x01', (16 << 20) + 5000)
+            chunks = []
+            data = h.pread_structured(1 << 20, 16 << 20, lambda sub, off, status, error: chunks.append((off, len(sub), status)) or 0)
+            res['data_read'] = data[5000] == 1 and chunks == [(16 << 20, 1 << 20, nbd.READ_DATA)]
             ro = nbd.NBD()
             ro.set_strict_mode(0)
             ro.connect_uri('{{h.UnixUri("origin")}}')
@@ -336,6 +344,8 @@ public class EdgeCaseTests
         Assert.Equal(5, res["read_io_error"].GetInt32());
         Assert.Equal(5, res["write_io_error"].GetInt32());
         Assert.True(res["df_read"].GetBoolean());
+        Assert.True(res["hole_read"].GetBoolean(), result.StdOut);
+        Assert.True(res["data_read"].GetBoolean(), result.StdOut);
         Assert.True(res["ro_is_read_only"].GetBoolean());
         Assert.Equal(1, res["ro_write"].GetInt32());
         Assert.Equal(1, res["ro_trim"].GetInt32());
