@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ThinFast's NBD server next to its peers and the transport ceiling, in one run, per
-# /work/shared/design/benchmarking.md: the same fio nbd job (2 connections x QD16, 4 KiB random
-# reads and writes, after a sequential prefill) against
+# /work/shared/design/benchmarking.md: the same fio nbd jobs (2 connections x QD16; 4 KiB random
+# reads and writes and 1 MiB sequential reads, after a sequential prefill) against
 #   thinfast   ThinFast's server (default: the in-memory `nbd-memory` host; see THINFAST_CMD)
 #   qemu-nbd   a raw file in page cache (--cache=writeback --aio=io_uring, --shared=0 for multi-conn)
 #   nbdkit-mem nbdkit's memory plugin (an in-memory server, like nbd-memory)
@@ -10,7 +10,8 @@
 # every server started here is stopped by its PID.
 #
 # Environment:
-#   SIZE=1G RUNTIME=8 JOBS=2 IODEPTH=16 BS=4k
+#   SIZE=1G RUNTIME=8 JOBS=2 IODEPTH=16
+#   WORKLOADS="randread:4k randwrite:4k read:1m"   fio rw:bs pairs (figures are IOPS of that bs)
 #   THINFAST_CMD  command serving ThinFast on a unix socket; "{socket}" is replaced by the path and
 #                 "{size}" by SIZE in bytes. Default:
 #                 perf/ThinFast.Benchmarks/bin/Release/net10.0/ThinFast.Benchmarks nbd-memory --socket {socket} --size {size}
@@ -23,7 +24,7 @@ SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-8}
 JOBS=${JOBS:-2}
 IODEPTH=${IODEPTH:-16}
-BS=${BS:-4k}
+WORKLOADS=${WORKLOADS:-randread:4k randwrite:4k read:1m}
 PEERS=${PEERS:-qemu-nbd nbdkit-mem nbdkit-null}
 THINFAST_EXPORT=${THINFAST_EXPORT:-}
 bench="$root/perf/ThinFast.Benchmarks/bin/Release/net10.0/ThinFast.Benchmarks"
@@ -55,10 +56,10 @@ wait_for_socket() {
   exit 1
 }
 
-# fio_iops URI RW -> total IOPS of the job group
+# fio_iops URI RW BS -> total IOPS of the job group
 fio_iops() {
   local out
-  out=$(taskset -c 0 fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$BS" --size="$SIZE" \
+  out=$(taskset -c 0 fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --size="$SIZE" \
       --iodepth="$IODEPTH" --numjobs="$JOBS" --group_reporting --time_based --runtime="$RUNTIME" \
       --ramp_time=1 --randrepeat=0 --output-format=json)
   python3 -c '
@@ -68,7 +69,7 @@ job = json.loads(text[text.index("{"):])["jobs"][0]
 print(int(job["read"]["iops"] + job["write"]["iops"]))' <<<"$out"
 }
 
-# measure NAME URI: prefill (not measured), then randread and randwrite
+# measure NAME URI: prefill (not measured), then every workload
 declare -A result
 measure() {
   local name=$1 uri=$2
@@ -76,14 +77,17 @@ measure() {
     taskset -c 0 fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1m --iodepth=8 \
         --size="$SIZE" --output=/dev/null
   fi
-  result[$name,randread]=$(fio_iops "$uri" randread)
-  result[$name,randwrite]=$(fio_iops "$uri" randwrite)
-  echo "  $name: randread ${result[$name,randread]} IOPS, randwrite ${result[$name,randwrite]} IOPS" >&2
+  local w line="  $name:"
+  for w in $WORKLOADS; do
+    result[$name,$w]=$(fio_iops "$uri" "${w%%:*}" "${w##*:}")
+    line+=" $w ${result[$name,$w]} IOPS"
+  done
+  echo "$line" >&2
 }
 
 stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
 
-echo "nbd-peers: SIZE=$SIZE BS=$BS JOBS=$JOBS IODEPTH=$IODEPTH RUNTIME=${RUNTIME}s, servers on CPU1, fio on CPU0" >&2
+echo "nbd-peers: SIZE=$SIZE WORKLOADS='$WORKLOADS' JOBS=$JOBS IODEPTH=$IODEPTH RUNTIME=${RUNTIME}s, servers on CPU1, fio on CPU0" >&2
 
 # --- ThinFast
 sock="$lab/thinfast.sock"
@@ -118,10 +122,10 @@ for peer in $PEERS; do
   rm -f "$lab/disk.raw"
 done
 
-printf '\n%-10s %-12s %12s %12s %8s\n' workload peer thinfast peer ratio
-for rw in randread randwrite; do
+printf '\n%-14s %-12s %12s %12s %8s\n' workload peer thinfast peer ratio
+for w in $WORKLOADS; do
   for peer in $PEERS; do
-    t=${result[thinfast,$rw]}; p=${result[$peer,$rw]}
-    printf '%-10s %-12s %12s %12s %8s\n' "$rw" "$peer" "$t" "$p" "$(python3 -c "print(f'{$t/$p:.2f}')")"
+    t=${result[thinfast,$w]}; p=${result[$peer,$w]}
+    printf '%-14s %-12s %12s %12s %8s\n' "$w" "$peer" "$t" "$p" "$(python3 -c "print(f'{$t/$p:.2f}')")"
   done
 done
