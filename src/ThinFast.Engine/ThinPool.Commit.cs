@@ -42,10 +42,9 @@ public sealed partial class ThinPool
 
     private void CommitLoop()
     {
-        var interval = Options.CommitInterval;
         while (true)
         {
-            _commitWake.WaitOne(interval);
+            _commitWake.WaitOne(NextWakeUp());
             PooledSignal? waiters;
             lock (_waitersLock)
             {
@@ -126,6 +125,22 @@ public sealed partial class ThinPool
         }
         // A commit is where blocks freed in the transaction become allocatable again.
         SignalSpace();
+    }
+
+    /// <summary>The periodic commit, or sooner when queued writes reach their no-space timeout.</summary>
+    private TimeSpan NextWakeUp()
+    {
+        var wait = Options.CommitInterval;
+        lock (_spaceLock)
+        {
+            if (_spaceWaiters is not null && Options.NoSpaceTimeout > TimeSpan.Zero)
+            {
+                var untilDeadline = TimeSpan.FromMilliseconds(Math.Max(1, _spaceWaitDeadline - Environment.TickCount64));
+                if (untilDeadline < wait)
+                    wait = untilDeadline;
+            }
+        }
+        return wait;
     }
 
     private void StopCommitThread()

@@ -79,6 +79,8 @@ public sealed partial class ThinPool
             waiter.Next = _spaceWaiters;
             _spaceWaiters = waiter;
         }
+        // The commit thread times the queue out; wake it so it knows the deadline.
+        _commitWake.Set();
         return waiter.Task;
     }
 

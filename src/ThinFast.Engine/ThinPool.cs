@@ -512,5 +512,6 @@ public sealed partial class ThinPool : IDisposable
         BounceBuffers.Dispose();
         ((IDisposable)ZeroBuffer).Dispose();
         _metadataLock.Dispose();
+        _processLock?.Dispose();
     }
 }

@@ -25,7 +25,7 @@ public sealed class PowerCutDevice : IBlockDevice
 
     private readonly object _lock;
     private readonly PowerRail _rail;
-    private readonly List<(long Offset, byte[] Data)> _pending = new();
+    private readonly List<(long Offset, byte[] Data, bool Fua)> _pending = new();
     private byte[] _current;
     private byte[] _durable;
 
@@ -115,10 +115,11 @@ public sealed class PowerCutDevice : IBlockDevice
             this.ValidateRequest(offset, source.Length, source.Span, isWrite: true);
             Count(source.Span, offset);
             source.Span.CopyTo(_current.AsSpan(checked((int)offset)));
-            if ((flags & WriteFlags.ForceUnitAccess) != 0)
+            bool fua = (flags & WriteFlags.ForceUnitAccess) != 0;
+            if (fua)
                 source.Span.CopyTo(_durable.AsSpan(checked((int)offset)));
-            else
-                _pending.Add((offset, source.ToArray()));
+            // FUA writes stay in the log too, so replaying it keeps the order of overlapping writes.
+            _pending.Add((offset, source.ToArray(), fua));
         }
         return ValueTask.CompletedTask;
     }
@@ -128,7 +129,8 @@ public sealed class PowerCutDevice : IBlockDevice
         lock (_lock)
         {
             Count(null, 0);
-            _current.AsSpan().CopyTo(_durable);
+            foreach (var (offset, data, _) in _pending)
+                data.CopyTo(_durable.AsSpan(checked((int)offset)));
             _pending.Clear();
         }
         return ValueTask.CompletedTask;
@@ -142,7 +144,7 @@ public sealed class PowerCutDevice : IBlockDevice
             var zeros = new byte[length];
             Count(zeros, offset);
             zeros.CopyTo(_current.AsSpan(checked((int)offset)));
-            _pending.Add((offset, zeros));
+            _pending.Add((offset, zeros, false));
         }
         return ValueTask.CompletedTask;
     }
@@ -195,8 +197,10 @@ public sealed class PowerCutDevice : IBlockDevice
     {
         if (someSurvive)
         {
-            foreach (var (offset, data) in _pending)
-                if (random.Next(2) == 0)
+            // Replayed in order: a FUA write is on the media already, and an older cached write
+            // that reaches the media must not land on top of it.
+            foreach (var (offset, data, fua) in _pending)
+                if (fua || random.Next(2) == 0)
                     data.CopyTo(_durable.AsSpan(checked((int)offset)));
         }
         _pending.Clear();

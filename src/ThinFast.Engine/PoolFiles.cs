@@ -1,0 +1,120 @@
+using ThinFast.IO;
+
+namespace ThinFast.Engine;
+
+/// <summary>
+/// Where a pool lives: metadata and data (files or block devices) and the manifest. The usual
+/// layout is a folder holding <c>metadata</c>, <c>data</c> and <c>pool.json</c>; block devices
+/// can be named instead, with the manifest kept in the folder.
+/// </summary>
+public sealed record PoolFiles(string MetadataPath, string DataPath, string ManifestPath)
+{
+    public static PoolFiles InFolder(string folder) =>
+        new(Path.Combine(folder, "metadata"), Path.Combine(folder, "data"), Path.Combine(folder, "pool.json"));
+
+    public string LockPath => ManifestPath + ".lock";
+}
+
+public sealed partial class ThinPool
+{
+    private FileStream? _processLock;
+
+    /// <summary>Creates a pool on new files (sized here) or existing block devices.</summary>
+    public static ThinPool CreateFiles(PoolFiles files, long metadataSize, long dataSize, PoolOptions options, BlockDeviceOptions? io = null)
+    {
+        options.Validate();
+        if (File.Exists(files.ManifestPath))
+            throw new PoolException($"a pool already exists at {files.ManifestPath}");
+        var processLock = TakeLock(files);
+        IBlockDevice? metadata = null, data = null;
+        try
+        {
+            metadata = OpenOrCreate(files.MetadataPath, metadataSize, MetadataIo(io));
+            data = OpenOrCreate(files.DataPath, dataSize, io);
+            var pool = Create(new PoolDevices { Metadata = metadata, Data = data, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
+            pool._processLock = processLock;
+            return pool;
+        }
+        catch
+        {
+            metadata?.Dispose();
+            data?.Dispose();
+            processLock.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens an existing pool. Refuses when another process has it open.</summary>
+    public static ThinPool OpenFiles(PoolFiles files, PoolOptions options, BlockDeviceOptions? io = null)
+    {
+        if (!File.Exists(files.ManifestPath))
+            throw new PoolException($"no pool at {files.ManifestPath} (manifest missing)");
+        var processLock = TakeLock(files);
+        IBlockDevice? metadata = null, data = null;
+        try
+        {
+            metadata = OpenExisting(files.MetadataPath, "metadata", MetadataIo(io));
+            data = OpenExisting(files.DataPath, "data", io);
+            var pool = Open(new PoolDevices { Metadata = metadata, Data = data, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
+            pool._processLock = processLock;
+            return pool;
+        }
+        catch
+        {
+            metadata?.Dispose();
+            data?.Dispose();
+            processLock.Dispose();
+            throw;
+        }
+    }
+
+    // The metadata layer waits synchronously for its block reads and writes. On an io_uring device
+    // those completions come from the reactor thread, which also runs data-path continuations that
+    // may wait for the metadata lock: a cycle. The portable backend completes on the calling
+    // thread, so metadata I/O never depends on the reactor.
+    private static BlockDeviceOptions MetadataIo(BlockDeviceOptions? io) => new()
+    {
+        Backend = BlockDeviceBackend.Portable,
+        Log = io?.Log,
+    };
+
+    private static Func<string, IBlockDevice> OriginOpener(BlockDeviceOptions? io) => path =>
+    {
+        if (!File.Exists(path) && !path.StartsWith("/dev/", StringComparison.Ordinal))
+            throw new FileNotFoundException($"{path} does not exist", path);
+        return BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, Backend = io?.Backend ?? BlockDeviceBackend.Auto, Reactor = io?.Reactor, Log = io?.Log });
+    };
+
+    private static IBlockDevice OpenOrCreate(string path, long size, BlockDeviceOptions? io)
+    {
+        if (path.StartsWith("/dev/", StringComparison.Ordinal) || File.Exists(path))
+        {
+            var device = BlockDevices.Open(path, io);
+            if (!path.StartsWith("/dev/", StringComparison.Ordinal) && device.Length < size)
+                device.Grow(size);
+            return device;
+        }
+        return BlockDevices.Create(path, size, io);
+    }
+
+    private static IBlockDevice OpenExisting(string path, string role, BlockDeviceOptions? io)
+    {
+        if (!path.StartsWith("/dev/", StringComparison.Ordinal) && !File.Exists(path))
+            throw new PoolException($"{role} device {path} does not exist");
+        return BlockDevices.Open(path, io);
+    }
+
+    // .NET implements FileShare.None on Unix with flock(LOCK_EX | LOCK_NB), so a second process
+    // (a second `thinfast serve`, say) gets an error here instead of corrupting the pool.
+    private static FileStream TakeLock(PoolFiles files)
+    {
+        try
+        {
+            return new FileStream(files.LockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException)
+        {
+            throw new PoolException($"the pool at {Path.GetDirectoryName(Path.GetFullPath(files.ManifestPath))} is open in another process (lock {files.LockPath})");
+        }
+    }
+}
