@@ -285,12 +285,12 @@ internal static class BTree
     {
         if (depth > MetadataFormat.MaxTreeDepth)
             throw TooDeep(b, tree);
+        ReadOnlySpan<byte> n = tm.Read(b, tree);
         if (tm.Meta[b] > 1)
         {
             tm.Meta.Decrement(b);
             return;
         }
-        ReadOnlySpan<byte> n = tm.Read(b, tree);
         int nr = Node.NrEntries(n);
         if (!Node.IsLeaf(n))
         {
@@ -305,7 +305,7 @@ internal static class BTree
         else if (tree == MetadataTree.MappingBottom)
         {
             for (int i = 0; i < nr; i++)
-                tm.Data.Decrement(MetadataFormat.MappingBlock(Node.Value64(n, i)));
+                tm.Data.Decrement(tm.CheckedDataBlock(b, Node.Value64(n, i)));
         }
         tm.Meta.Decrement(b);
     }

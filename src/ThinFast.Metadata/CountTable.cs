@@ -65,7 +65,8 @@ internal sealed class CountTable
         CheckRange(block);
         uint c = _counts[block];
         if (c == 0)
-            throw new InvalidOperationException($"reference count of block {block} would drop below zero");
+            throw new MetadataCorruptException(block, MetadataBlockKind.Bitmap, MetadataTree.None, MetadataFault.Inconsistent,
+                $"reference count of block {block} would drop below zero: the space map and the trees disagree");
         if (c >= 3) OverflowDirty = true;
         _counts[block] = c - 1;
         _dirtyBitmaps[block / MetadataFormat.EntriesPerBitmap] = true;

@@ -149,7 +149,9 @@ public sealed partial class ThinMetadata : IDisposable
             || sb.MetadataSpaceMap.NrBlocks != sb.MetadataNrBlocks)
             throw Bad(block, MetadataFault.BadGeometry,
                 $"metadata_nr_blocks {sb.MetadataNrBlocks}, space map nr_blocks {sb.MetadataSpaceMap.NrBlocks}, device holds {deviceBlocks}");
-        if (sb.DataBlockSize == 0 || sb.DataSpaceMap.NrBlocks >= MetadataFormat.MaxDataBlock)
+        if (sb.Time >= MetadataFormat.MaxTime)
+            throw Bad(block, MetadataFault.Inconsistent, $"time {sb.Time} does not fit the 24 bits of a mapping");
+        if (sb.DataBlockSize == 0 || sb.DataSpaceMap.NrBlocks > int.MaxValue)
             throw Bad(block, MetadataFault.BadGeometry, $"data block size {sb.DataBlockSize}, data blocks {sb.DataSpaceMap.NrBlocks}");
         return sb;
 

@@ -64,23 +64,36 @@ internal sealed class TransactionManager
         uint count = Meta[block];
         Meta.Decrement(block);
         if (count > 1)
-            IncrementChildren(copy, tree);
+            IncrementChildren(block, copy, tree);
         return shadow;
     }
 
-    private void IncrementChildren(ReadOnlySpan<byte> n, MetadataTree tree)
+    private void IncrementChildren(ulong original, ReadOnlySpan<byte> n, MetadataTree tree)
     {
         int nr = Node.NrEntries(n);
         if (!Node.IsLeaf(n) || tree == MetadataTree.MappingTop)
         {
             for (int i = 0; i < nr; i++)
-                Meta.Increment(Node.Value64(n, i));
+                Meta.Increment(CheckedMetadataPointer(original, tree, Node.Value64(n, i)));
         }
         else if (tree == MetadataTree.MappingBottom)
         {
             for (int i = 0; i < nr; i++)
-                Data.Increment(MetadataFormat.MappingBlock(Node.Value64(n, i)));
+                Data.Increment(CheckedDataBlock(original, Node.Value64(n, i)));
         }
+    }
+
+    public ulong CheckedMetadataPointer(ulong node, MetadataTree tree, ulong pointer) =>
+        pointer != 0 && pointer < Meta.NrBlocks ? pointer
+            : throw new MetadataCorruptException(node, MetadataBlockKind.BTreeNode, tree, MetadataFault.PointerOutOfRange,
+                $"points to block {pointer}, outside the metadata device (1..{Meta.NrBlocks - 1})");
+
+    public ulong CheckedDataBlock(ulong leaf, ulong packed)
+    {
+        ulong block = MetadataFormat.MappingBlock(packed);
+        return block < Data.NrBlocks ? block
+            : throw new MetadataCorruptException(leaf, MetadataBlockKind.BTreeNode, MetadataTree.MappingBottom, MetadataFault.PointerOutOfRange,
+                $"maps data block {block}, beyond the data device ({Data.NrBlocks} blocks)");
     }
 
     public void GrowMetadata(ulong newNrBlocks)
