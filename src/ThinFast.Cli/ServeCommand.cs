@@ -1,0 +1,196 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using ThinFast.Engine;
+using ThinFast.Nbd;
+
+namespace ThinFast.Cli;
+
+internal static class ServeCommand
+{
+    private const string Help = """
+        Usage: thinfast serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only]
+                                  [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space]
+
+        Serves the pool's volumes over NBD, one export per volume by name (the default export, for
+        clients that ask for none, is the first). All volumes unless --volume names some. Listens on
+        a unix socket (default DIR/nbd.sock) and/or TCP (ADDR defaults to 127.0.0.1; --tcp alone
+        does not imply no socket: give --socket too to keep it). Runs in the foreground, logs on
+        stderr; SIGINT/SIGTERM stop accepting, finish in-flight requests, commit the metadata and
+        remove the socket and pid file.
+
+        Examples:
+          nbdinfo 'nbd+unix:///vm1?socket=DIR/nbd.sock'
+          qemu-img info nbd://127.0.0.1:10809/vm1
+        """;
+
+    public static int Run(ReadOnlySpan<string> argv)
+    {
+        if (Program.WantsHelp(argv))
+            return Program.Help(Help);
+        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water"], ["--read-only", "--error-if-no-space"]);
+        string dir = a.Positional(0, "pool directory (DIR)");
+        a.ExpectPositionals(1);
+        string? tcp = a.Value("--tcp");
+        string? socket = a.Value("--socket") ?? (tcp is null ? Path.Combine(dir, "nbd.sock") : null);
+        var endpoint = tcp is null ? null : ParseEndpoint(tcp);
+        var options = new PoolOptions
+        {
+            LowWaterBlocks = a.Value("--low-water") is { } lw ? PoolCommands.ParseCount(lw, "--low-water") : 0,
+            ErrorIfNoSpace = a.Flag("--error-if-no-space"),
+            Log = Log,
+        };
+        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"));
+        running.WaitForSignal();
+        return Program.Ok;
+    }
+
+    internal static void Log(string message) => Console.Error.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} thinfast: {message}");
+
+    internal static IPEndPoint ParseEndpoint(string text)
+    {
+        string host = "127.0.0.1", port = text;
+        int colon = text.LastIndexOf(':');
+        if (colon >= 0)
+        {
+            host = text[..colon].Trim('[', ']');
+            port = text[(colon + 1)..];
+        }
+        if (!int.TryParse(port, out int p) || p < 0 || p > 65535)
+            throw new UsageException($"--tcp '{text}': port must be 0-65535");
+        if (!IPAddress.TryParse(host.Length == 0 ? "0.0.0.0" : host, out var address))
+            throw new UsageException($"--tcp '{text}': '{host}' is not an IP address");
+        return new IPEndPoint(address, p);
+    }
+
+    /// <summary>A pool served over NBD until <see cref="Dispose"/>: stop accepting, finish
+    /// in-flight requests, commit, remove the socket and pid file.</summary>
+    internal sealed class Running : IDisposable
+    {
+        private readonly ThinPool _pool;
+        private readonly NbdServer _server;
+        private readonly string? _pidFile;
+        private readonly TaskCompletionSource _signal = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly List<PosixSignalRegistration> _signals = new();
+
+        private Running(ThinPool pool, NbdServer server, string? pidFile)
+        {
+            _pool = pool;
+            _server = server;
+            _pidFile = pidFile;
+        }
+
+        public string? SocketPath { get; private set; }
+        public IPEndPoint? TcpEndpoint { get; private set; }
+        public IReadOnlyList<string> ExportNames => _server.Exports.Select(e => e.Name).ToList();
+
+        public static Running Start(string dir, PoolOptions options, IReadOnlyList<string> names, bool readOnly, string? socket, IPEndPoint? tcp, string? pidFile)
+        {
+            if (pidFile is not null && File.Exists(pidFile) && ProcessAlive(File.ReadAllText(pidFile)))
+                throw new PoolException($"pid file {pidFile} names a running process");
+            var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), options);
+            Running? running = null;
+            try
+            {
+                var exports = new List<NbdExport>();
+                if (names.Count == 0)
+                {
+                    foreach (var record in pool.VolumeRecords)
+                    {
+                        var volume = pool.GetVolume(record.Name);
+                        if (volume.UnavailableReason is { } why)
+                            Log($"not serving volume '{record.Name}': {why}");
+                        else
+                            exports.Add(new NbdExport(volume, record.Name, readOnly));
+                    }
+                }
+                else
+                {
+                    foreach (string name in names)
+                    {
+                        var volume = pool.GetVolume(name);
+                        if (volume.UnavailableReason is { } why)
+                            throw new PoolException($"volume '{name}' is unavailable: {why}");
+                        exports.Add(new NbdExport(volume, name, readOnly));
+                    }
+                }
+                if (exports.Count == 0)
+                    throw new PoolException($"the pool in {dir} has no volume to serve (create one with thinfast volume create)");
+                var server = new NbdServer(exports, new NbdServerOptions { DefaultExport = exports[0].Name }, Log);
+                running = new Running(pool, server, pidFile);
+                if (socket is not null)
+                {
+                    RemoveStaleSocket(socket);
+                    server.ListenUnix(socket);
+                    running.SocketPath = socket;
+                }
+                if (tcp is not null)
+                {
+                    try
+                    {
+                        running.TcpEndpoint = server.ListenTcp(tcp);
+                    }
+                    catch (SocketException e)
+                    {
+                        throw new IOException($"cannot listen on {tcp}: {e.Message}");
+                    }
+                }
+                if (pidFile is not null)
+                    File.WriteAllText(pidFile, $"{Environment.ProcessId}\n");
+                foreach (var sig in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
+                    running._signals.Add(PosixSignalRegistration.Create(sig, ctx =>
+                    {
+                        ctx.Cancel = true;
+                        Log($"{ctx.Signal}: shutting down");
+                        running._signal.TrySetResult();
+                    }));
+                Log($"serving {string.Join(", ", exports.Select(e => e.Name))} (default {exports[0].Name}{(readOnly ? ", read-only" : "")})" +
+                    $"{(socket is null ? "" : $" on unix:{socket}")}{(running.TcpEndpoint is null ? "" : $" on tcp:{running.TcpEndpoint}")}");
+                return running;
+            }
+            catch
+            {
+                if (running is not null)
+                    running.Dispose();
+                else
+                    pool.Dispose();
+                throw;
+            }
+        }
+
+        public void WaitForSignal() => _signal.Task.Wait();
+
+        public void Dispose()
+        {
+            foreach (var s in _signals)
+                s.Dispose();
+            _server.StopAsync().GetAwaiter().GetResult();
+            _pool.Dispose();
+            if (_pidFile is not null)
+                File.Delete(_pidFile);
+            Log("stopped; metadata committed");
+        }
+
+        private static bool ProcessAlive(string pidText) =>
+            int.TryParse(pidText.Trim(), out int pid) && Directory.Exists($"/proc/{pid}");
+
+        // We hold the pool lock, so a socket at our path is left over from a process that died
+        // without cleaning up, unless something else entirely listens there: connect to find out.
+        private static void RemoveStaleSocket(string path)
+        {
+            if (!File.Exists(path))
+                return;
+            using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                probe.Connect(new UnixDomainSocketEndPoint(path));
+            }
+            catch (SocketException)
+            {
+                File.Delete(path);
+                return;
+            }
+            throw new IOException($"{path} is a socket another process listens on");
+        }
+    }
+}
