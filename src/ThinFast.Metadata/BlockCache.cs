@@ -45,10 +45,6 @@ internal sealed unsafe class BlockCache : IDisposable
     /// <summary>Blocks beyond this are pointers out of range.</summary>
     public ulong NrBlocks { get; set; }
 
-    public int Count => Volatile.Read(ref _count);
-
-    public int DirtyCount => _dirty.Count;
-
     public ReadOnlySpan<byte> Read(ulong block, BlockCheck check, MetadataTree tree, int leafValueSize = 0)
     {
         if (!_blocks.TryGetValue(block, out Entry? e))

@@ -501,8 +501,6 @@ public sealed partial class ThinMetadata : IDisposable
         dataBlock < _tm.Data.NrBlocks ? _tm.Data[dataBlock]
             : throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, $"pool has {_tm.Data.NrBlocks} data blocks");
 
-    public uint GetMetadataBlockRefCount(ulong block) => _tm.Meta[block];
-
     public void ReleaseDataBlock(ulong dataBlock)
     {
         if (dataBlock >= _tm.Data.NrBlocks || _tm.Data[dataBlock] == 0)

@@ -180,4 +180,29 @@ public class ApiTests
         Oracles.AssertConsistent(dev);
         Oracles.AssertDumpEquals(dev, md);
     }
+
+    [Fact]
+    public void NeedsCheckFlagPersistsAndShowsInTheDump()
+    {
+        var dev = new MemoryBlockDevice(4 << 20);
+        using (var md = PoolWithMappings(dev, 10))
+        {
+            Assert.False(md.NeedsCheck);
+            md.SetNeedsCheck(true);
+            Assert.True(md.HasUncommittedChanges);
+            md.Commit();
+            Oracles.AssertDumpEquals(dev, md);
+        }
+        using (var md = ThinMetadata.Open(dev))
+        {
+            Assert.True(md.NeedsCheck);
+            var xml = new StringWriter();
+            md.WriteXml(xml);
+            Assert.Contains("flags=\"1\"", xml.ToString());
+            md.SetNeedsCheck(false);
+            md.Commit();
+        }
+        using (var md = ThinMetadata.Open(dev))
+            Assert.False(md.NeedsCheck);
+    }
 }
