@@ -32,6 +32,9 @@ public sealed class MetadataCheck : IDisposable
     private readonly Dictionary<ulong, uint> _metaCounts = new();
     private readonly Dictionary<ulong, uint> _dataCounts = new();
     private readonly Action<string>? _progress;
+    private readonly List<ulong> _metaBitmaps = new(), _dataBitmaps = new();
+    private readonly List<(ulong Key, ulong Value)> _metaOverflow = new(), _dataOverflow = new();
+    private Superblock? _sb;
     private ulong _nrBlocks;
     private ulong _dataNrBlocks;
     private ulong _mappings;
@@ -61,6 +64,7 @@ public sealed class MetadataCheck : IDisposable
         var sb = ReadSuperblock(0, live: true);
         if (sb is not null)
         {
+            _sb = sb;
             _nrBlocks = sb.MetadataNrBlocks;
             _dataNrBlocks = sb.DataSpaceMap.NrBlocks;
             _progress?.Invoke("recounting references");
@@ -111,9 +115,9 @@ public sealed class MetadataCheck : IDisposable
     private int CountSuperblockTrees(Superblock sb)
     {
         CountTree(sb.DeviceDetailsRoot, DeviceDetails.Size, "device details", null);
-        var subtreeRoots = new List<ulong>();
+        var subtreeRoots = new List<(ulong Key, ulong Value)>();
         CountTree(sb.DataMappingRoot, 8, "mapping top-level", subtreeRoots);
-        foreach (ulong root in subtreeRoots)
+        foreach (var (_, root) in subtreeRoots)
             CountMappingTree(root, 0);
         return subtreeRoots.Count;
     }
@@ -128,18 +132,25 @@ public sealed class MetadataCheck : IDisposable
             for (int i = 0; i < bitmaps; i++)
                 locations[i] = BinaryPrimitives.ReadUInt64LittleEndian(_buffer.AsSpan(16 + IndexEntry.Size * i));
             foreach (ulong loc in locations)
-                CountBitmap(loc, "metadata");
+                CountBitmap(loc, "metadata", _metaBitmaps);
         }
-        CountTree(msm.RefCountRoot, 4, "metadata ref-count", null);
-        var dataIndex = new List<ulong>();
+        CountTree(msm.RefCountRoot, 4, "metadata ref-count", _metaOverflow);
+        var dataIndex = new List<(ulong Key, ulong Value)>();
         CountTree(sb.DataSpaceMap.BitmapRoot, IndexEntry.Size, "data space-map index", dataIndex);
-        foreach (ulong loc in dataIndex)
-            CountBitmap(loc, "data");
-        CountTree(sb.DataSpaceMap.RefCountRoot, 4, "data ref-count", null);
+        for (int i = 0; i < dataIndex.Count; i++)
+        {
+            if (dataIndex[i].Key != (ulong)i)
+                _errors.Add($"data space-map index: entry {i} has key {dataIndex[i].Key}");
+            CountBitmap(dataIndex[i].Value, "data", _dataBitmaps);
+        }
+        if (dataIndex.Count != MetadataFormat.BitmapCount(sb.DataSpaceMap.NrBlocks))
+            _errors.Add($"data space-map index has {dataIndex.Count} bitmaps, {MetadataFormat.BitmapCount(sb.DataSpaceMap.NrBlocks)} expected for {sb.DataSpaceMap.NrBlocks} blocks");
+        CountTree(sb.DataSpaceMap.RefCountRoot, 4, "data ref-count", _dataOverflow);
     }
 
-    private void CountBitmap(ulong loc, string which)
+    private void CountBitmap(ulong loc, string which, List<ulong> locations)
     {
+        locations.Add(loc);
         if (Count(loc))
             ReadBlock(loc, MetadataFormat.BitmapSalt, $"{which} space-map bitmap");
     }
@@ -214,7 +225,7 @@ public sealed class MetadataCheck : IDisposable
         return null;
     }
 
-    private void CountTree(ulong root, int leafValueSize, string tree, List<ulong>? leafValues, int depth = 0)
+    private void CountTree(ulong root, int leafValueSize, string tree, List<(ulong Key, ulong Value)>? leafValues, int depth = 0)
     {
         if (!Count(root))
             return;
@@ -227,7 +238,12 @@ public sealed class MetadataCheck : IDisposable
             if (!leaf)
                 CountTree(Node.Value64(n, i), leafValueSize, tree, leafValues, depth + 1);
             else if (leafValues is not null)
-                leafValues.Add(leafValueSize == IndexEntry.Size ? IndexEntry.Read(Node.Value(n, i)).BlockNumber : Node.Value64(n, i));
+                leafValues.Add((Node.Key(n, i), leafValueSize switch
+                {
+                    IndexEntry.Size => IndexEntry.Read(Node.Value(n, i)).BlockNumber,
+                    4 => BinaryPrimitives.ReadUInt32LittleEndian(Node.Value(n, i)),
+                    _ => Node.Value64(n, i),
+                }));
         }
     }
 
@@ -275,23 +291,10 @@ public sealed class MetadataCheck : IDisposable
         }
         using (md)
         {
-            int reported = 0;
-            for (ulong b = 0; b < md.MetadataBlockCount; b++)
-            {
-                _metaCounts.TryGetValue(b, out uint expected);
-                uint onDisk = md.GetMetadataBlockRefCount(b);
-                if (expected != onDisk && reported++ < 20)
-                    _errors.Add($"metadata block {b}: space map says {onDisk} references, the trees hold {expected}");
-            }
-            for (ulong b = 0; b < md.DataBlockCount; b++)
-            {
-                _dataCounts.TryGetValue(b, out uint expected);
-                uint onDisk = md.GetDataBlockRefCount(b);
-                if (expected != onDisk && reported++ < 40)
-                    _errors.Add($"data block {b}: space map says {onDisk} references, the mappings hold {expected}");
-            }
-            if (reported > 40)
-                _errors.Add($"... {reported - 40} more reference-count mismatches");
+            int reported = CompareCounts("metadata", _sb!.MetadataNrBlocks, _metaBitmaps, _metaOverflow, _metaCounts, "the trees hold")
+                + CompareCounts("data", _sb.DataSpaceMap.NrBlocks, _dataBitmaps, _dataOverflow, _dataCounts, "the mappings hold");
+            if (reported > MaxReported)
+                _errors.Add($"... {reported - MaxReported} more reference-count mismatches");
             var ranges = new MappedRange[256];
             foreach (ulong id in md.DeviceIds)
             {
@@ -318,5 +321,34 @@ public sealed class MetadataCheck : IDisposable
                     _errors.Add($"device {id}: details say {recorded} mapped blocks, its tree maps {mapped}");
             }
         }
+    }
+
+    private const int MaxReported = 40;
+
+    // The on-disk count of every block (2-bit bitmap entries, 3 meaning "see the overflow tree")
+    // against the recount; returns how many differ, reporting the first few.
+    private int CompareCounts(string kind, ulong nrBlocks, List<ulong> bitmaps, List<(ulong Key, ulong Value)> overflow, Dictionary<ulong, uint> expected, string holder)
+    {
+        var overflowCounts = new Dictionary<ulong, ulong>();
+        foreach (var (k, v) in overflow)
+            overflowCounts[k] = v;
+        int mismatches = 0;
+        var bitmap = new byte[Bs];
+        for (int i = 0; i < bitmaps.Count; i++)
+        {
+            RandomAccess.Read(_file, bitmap, (long)bitmaps[i] * Bs);
+            ulong first = (ulong)i * MetadataFormat.EntriesPerBitmap;
+            for (ulong j = 0; j < MetadataFormat.EntriesPerBitmap && first + j < nrBlocks; j++)
+            {
+                ulong b = first + j;
+                ulong onDisk = MetadataFormat.ReadBitmapEntry(bitmap, (int)j);
+                if (onDisk == 3)
+                    onDisk = overflowCounts.TryGetValue(b, out ulong c) ? c : 3;
+                expected.TryGetValue(b, out uint want);
+                if (onDisk != want && mismatches++ < MaxReported)
+                    _errors.Add($"{kind} block {b}: space map says {onDisk} references, {holder} {want}");
+            }
+        }
+        return mismatches;
     }
 }
