@@ -79,7 +79,7 @@ public sealed class DeviceVsFio : IComparisonRun
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         bool created = await PrepareAsync(file, size);
 
-        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
+        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, {(IoUringReactor.Shared.DefersTaskRun ? "single-issuer DEFER_TASKRUN ring" : "plain ring")}, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
         Console.WriteLine($"{"workload",-18} {"engine",-9} {"IOPS",10} {"MiB/s",9} {"CPU us/IO",10} {"alloc B/IO",11}");
         var summary = new List<string>();
         foreach (var w in Workloads)

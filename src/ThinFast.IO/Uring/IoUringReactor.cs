@@ -55,6 +55,11 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     private readonly Lock _registerLock = new();
     private volatile NativeBuffer[] _registered = [];
 
+    // Work that must run on the reactor thread (io_uring_register on a single-issuer ring).
+    private Func<int>? _controlWork;
+    private int _controlResult;
+    private readonly ManualResetEventSlim _controlDone = new();
+
     private readonly FileDescriptorHandle _eventFd;
     private readonly ulong* _eventBuffer;
     private int _sleeping;
@@ -108,6 +113,10 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     public long StaleCompletions => Interlocked.Read(ref _staleCompletions);
 
     public uint SqEntries => _ring.SqEntries;
+
+    /// <summary>True when the ring is single-issuer with DEFER_TASKRUN (Linux 6.1+), false for the
+    /// plain ring older kernels get.</summary>
+    public bool DefersTaskRun => _ring.DefersTaskRun;
 
     /// <summary>The process-wide reactor devices use unless given their own. Created on first
     /// use; never disposed.</summary>
@@ -173,21 +182,24 @@ public sealed unsafe partial class IoUringReactor : IDisposable
                     throw new InvalidOperationException($"buffer {b.PoolIndex} of the pool is already registered with a ring");
                 all[current.Length + i] = b;
             }
-            if (current.Length > 0)
-            {
-                int u = _ring.Register(IoUring.IORING_UNREGISTER_BUFFERS, null, 0);
-                if (u < 0)
-                    throw BlockErrors.FromErrno(u, "io_uring", "IORING_UNREGISTER_BUFFERS");
-            }
             var iovecs = new IoVec[all.Length];
             for (int i = 0; i < all.Length; i++)
             {
                 iovecs[i].Base = all[i].Pointer;
                 iovecs[i].Length = (nuint)all[i].Length;
             }
-            int r;
-            fixed (IoVec* p = iovecs)
-                r = _ring.Register(IoUring.IORING_REGISTER_BUFFERS, p, (uint)iovecs.Length);
+            bool hadTable = current.Length > 0;
+            int r = RunOnReactor(() =>
+            {
+                if (hadTable)
+                {
+                    int u = _ring.Register(IoUring.IORING_UNREGISTER_BUFFERS, null, 0);
+                    if (u < 0)
+                        return u;
+                }
+                fixed (IoVec* p = iovecs)
+                    return _ring.Register(IoUring.IORING_REGISTER_BUFFERS, p, (uint)iovecs.Length);
+            });
             if (r < 0)
             {
                 foreach (var b in current)
@@ -199,6 +211,34 @@ public sealed unsafe partial class IoUringReactor : IDisposable
                 all[i].RegistrationIndex = i;
             _registered = all;
         }
+    }
+
+    /// <summary>Runs <paramref name="work"/> on the reactor thread and returns its result: a
+    /// single-issuer ring accepts io_uring_register only from its issuer.</summary>
+    private int RunOnReactor(Func<int> work)
+    {
+        if (Environment.CurrentManagedThreadId == _threadId)
+            return work();
+        lock (_controlDone)
+        {
+            ObjectDisposedException.ThrowIf(_stopping, this);
+            _controlDone.Reset();
+            Volatile.Write(ref _controlWork, work);
+            Interlocked.Exchange(ref _sleeping, 0);
+            Libc.EventfdWrite(_eventFd.Fd, 1);
+            _controlDone.Wait();
+            return _controlResult;
+        }
+    }
+
+    private void RunControlWork()
+    {
+        var work = Volatile.Read(ref _controlWork);
+        if (work is null)
+            return;
+        _controlResult = work();
+        Volatile.Write(ref _controlWork, null);
+        _controlDone.Set();
     }
 
     internal bool IsRegistered(NativeBuffer buffer)
@@ -305,9 +345,13 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     {
         try
         {
+            int enabled = _ring.EnableOnThisThread();
+            if (enabled < 0)
+                Environment.FailFast("io_uring: enabling the ring on the reactor thread failed: " + Errno.Describe(enabled));
             long lastCompletion = Stopwatch.GetTimestamp();
             while (true)
             {
+                RunControlWork();
                 // Reap first: the continuations queue their next requests, which then go to the
                 // kernel together in one io_uring_enter below.
                 if (ProcessCompletions() > 0)
@@ -319,9 +363,10 @@ public sealed unsafe partial class IoUringReactor : IDisposable
                     break;
                 if (Stopwatch.GetTimestamp() - lastCompletion < _spinTicks)
                 {
-                    // Polling: submit what is queued and run pending completion work in one call
-                    // when there is either, else just look at the CQ again.
-                    if (Volatile.Read(ref _unsubmitted) > 0 || _ring.TaskRunPending)
+                    // Polling. A DEFER_TASKRUN ring only posts CQEs when we enter with
+                    // GETEVENTS, so polling it means entering; a plain ring's CQ can be watched
+                    // from user space, entering only to submit.
+                    if (_ring.DefersTaskRun || Volatile.Read(ref _unsubmitted) > 0)
                         SubmitPending(wait: false);
                     else
                         Thread.SpinWait(16);
@@ -346,8 +391,8 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     }
 
     /// <summary>Publishes and submits every queued SQE in one io_uring_enter, which (GETEVENTS)
-    /// also runs completion work the kernel deferred to this thread (COOP_TASKRUN) and moves any CQ
-    /// overflow backlog back into the ring. With <paramref name="wait"/> the same call sleeps until
+    /// also runs completion work the kernel deferred to this thread (DEFER_TASKRUN) and moves any
+    /// CQ overflow backlog back into the ring. With <paramref name="wait"/> the same call sleeps until
     /// at least one completion is available.</summary>
     private void SubmitPending(bool wait)
     {
@@ -446,6 +491,7 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     {
         lock (_lock)
             _closed = true;
+        RunControlWork();
         _ring.Dispose();
         _eventFd.Dispose();
         NativeMemory.AlignedFree(_eventBuffer);

@@ -16,7 +16,6 @@ internal sealed unsafe class IoUringRing : IDisposable
 
     private uint* _sqHead;
     private uint* _sqTail;
-    private uint* _sqFlags;
     private IoUringSqe* _sqes;
     private uint* _cqHead;
     private uint* _cqTail;
@@ -31,7 +30,6 @@ internal sealed unsafe class IoUringRing : IDisposable
         byte* b = rings.Pointer;
         _sqHead = (uint*)(b + p.SqOff.Head);
         _sqTail = (uint*)(b + p.SqOff.Tail);
-        _sqFlags = (uint*)(b + p.SqOff.Flags);
         SqEntries = *(uint*)(b + p.SqOff.RingEntries);
         SqMask = *(uint*)(b + p.SqOff.RingMask);
         _cqHead = (uint*)(b + p.CqOff.Head);
@@ -41,6 +39,7 @@ internal sealed unsafe class IoUringRing : IDisposable
         _cqes = (IoUringCqe*)(b + p.CqOff.Cqes);
         _sqes = (IoUringSqe*)sqes.Pointer;
         Features = p.Features;
+        DefersTaskRun = (p.Flags & IoUring.IORING_SETUP_DEFER_TASKRUN) != 0;
         // Identity indirection: SQ slot i always names SQE i, so the array is written once.
         uint* array = (uint*)(b + p.SqOff.Array);
         for (uint i = 0; i < SqEntries; i++)
@@ -53,6 +52,12 @@ internal sealed unsafe class IoUringRing : IDisposable
     public uint CqEntries { get; }
     public uint CqMask { get; }
     public uint Features { get; }
+
+    /// <summary>Single-issuer ring with DEFER_TASKRUN: it starts disabled and must be enabled by
+    /// <see cref="EnableOnThisThread"/> on the thread that will issue everything; completions only
+    /// appear in the CQ when that thread enters with GETEVENTS; io_uring_register from any other
+    /// thread fails with EEXIST.</summary>
+    public bool DefersTaskRun { get; }
     public int Fd => _fd.Fd;
 
     /// <summary>Sets up a ring with <paramref name="entries"/> SQEs and twice as many CQEs.
@@ -61,10 +66,14 @@ internal sealed unsafe class IoUringRing : IDisposable
     {
         ring = null;
         IoUringParams p = default;
-        // Only the reactor thread ever submits, so completions need not interrupt it in user mode
-        // (COOP_TASKRUN); TASKRUN_FLAG tells the polling loop when to enter the kernel to run
-        // them. Kernels before 5.19 reject the flags: retry without.
-        p.Flags = IoUring.IORING_SETUP_CQSIZE | IoUring.IORING_SETUP_COOP_TASKRUN | IoUring.IORING_SETUP_TASKRUN_FLAG;
+        // One thread (the reactor) does every io_uring_enter, so the ring can be single-issuer
+        // with completion work deferred to that thread's GETEVENTS calls (DEFER_TASKRUN, 6.1+):
+        // fio's setting, and measured faster here than interrupting the thread per completion.
+        // The ring starts disabled so the reactor thread, not its creator, becomes the issuer.
+        // Older kernels reject the flags; they get a plain ring. (COOP_TASKRUN alone was measured
+        // slower than a plain ring: 4 KiB randread QD32 0.83 vs 0.94 of fio.)
+        p.Flags = IoUring.IORING_SETUP_CQSIZE | IoUring.IORING_SETUP_COOP_TASKRUN | IoUring.IORING_SETUP_SINGLE_ISSUER
+            | IoUring.IORING_SETUP_DEFER_TASKRUN | IoUring.IORING_SETUP_R_DISABLED;
         p.CqEntries = entries * 2;
         int fd = Syscall.IoUringSetup(entries, &p);
         if (fd == -Errno.EINVAL)
@@ -139,8 +148,9 @@ internal sealed unsafe class IoUringRing : IDisposable
     /// <summary>Makes every SQE taken so far visible to the kernel. Caller holds the SQ lock.</summary>
     public void PublishSq() => Volatile.Write(ref *_sqTail, _sqLocalTail);
 
-    /// <summary>Completions are waiting for this thread to enter the kernel (TASKRUN_FLAG rings).</summary>
-    public bool TaskRunPending => (Volatile.Read(ref *_sqFlags) & IoUring.IORING_SQ_TASKRUN) != 0;
+    /// <summary>Makes the calling thread the ring's only issuer. Returns 0 or -errno.</summary>
+    public int EnableOnThisThread() =>
+        DefersTaskRun ? Register(IoUring.IORING_REGISTER_ENABLE_RINGS, null, 0) : 0;
 
 
     public int Enter(uint toSubmit, uint minComplete, uint flags) => Syscall.IoUringEnter(Fd, toSubmit, minComplete, flags);
@@ -168,7 +178,7 @@ internal sealed unsafe class IoUringRing : IDisposable
     public void Dispose()
     {
         // Null the derived pointers first so a late use faults instead of touching unmapped memory.
-        _sqHead = _sqTail = _sqFlags = _cqHead = _cqTail = null;
+        _sqHead = _sqTail = _cqHead = _cqTail = null;
         _sqes = null;
         _cqes = null;
         _sqeRegion.Dispose();

@@ -103,6 +103,7 @@ public static class IoUring
     // ---- setup flags ----
     public const uint IORING_SETUP_CQSIZE = 0x8;
     public const uint IORING_SETUP_CLAMP = 0x10;
+    public const uint IORING_SETUP_R_DISABLED = 0x40;
     public const uint IORING_SETUP_SUBMIT_ALL = 0x80;
     public const uint IORING_SETUP_COOP_TASKRUN = 0x100;
     public const uint IORING_SETUP_TASKRUN_FLAG = 0x200;
@@ -134,6 +135,7 @@ public static class IoUring
     public const uint IORING_REGISTER_BUFFERS = 0;
     public const uint IORING_UNREGISTER_BUFFERS = 1;
     public const uint IORING_REGISTER_PROBE = 8;
+    public const uint IORING_REGISTER_ENABLE_RINGS = 12;
 
     // ---- opcodes ----
     public const byte IORING_OP_NOP = 0;
