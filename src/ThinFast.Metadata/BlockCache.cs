@@ -35,6 +35,10 @@ internal sealed unsafe class BlockCache : IDisposable
     private readonly List<ulong> _dirty = new();
     private readonly int _capacity;
     private int _count;
+    private NativeBuffer? _staging;
+
+    /// <summary>Longest run of consecutive dirty blocks written with one request (256 KiB).</summary>
+    public const int MaxRunBlocks = 64;
 
     public BlockCache(IBlockDevice device, int capacityBlocks)
     {
@@ -115,10 +119,16 @@ internal sealed unsafe class BlockCache : IDisposable
         return e.Span;
     }
 
-    /// <summary>Seals (blocknr + checksum) and writes every dirty block still in use, in block order.</summary>
+    /// <summary>
+    /// Seals (blocknr + checksum) and writes every dirty block still in use, in block order.
+    /// Runs of consecutive blocks (the allocator hands them out in order) go out as one write of up
+    /// to <see cref="MaxRunBlocks"/> blocks through an aligned staging buffer.
+    /// </summary>
     public void WriteDirty(Func<ulong, bool> inUse)
     {
         _dirty.Sort();
+        int runLength = 0;
+        ulong runStart = 0;
         foreach (ulong block in _dirty)
         {
             Entry e = _blocks[block];
@@ -131,10 +141,24 @@ internal sealed unsafe class BlockCache : IDisposable
                 continue;
             }
             MetadataFormat.Seal(e.Span, block, e.Salt);
-            _device.Write((long)block * MetadataFormat.BlockSize, e.Buffer.Memory);
+            if (runLength > 0 && (block != runStart + (ulong)runLength || runLength == MaxRunBlocks))
+            {
+                WriteRun(runStart, runLength);
+                runLength = 0;
+            }
+            if (runLength == 0)
+                runStart = block;
+            _staging ??= new NativeBuffer(MaxRunBlocks * MetadataFormat.BlockSize);
+            e.Span.CopyTo(_staging.GetSpan()[(runLength * MetadataFormat.BlockSize)..]);
+            runLength++;
         }
+        if (runLength > 0)
+            WriteRun(runStart, runLength);
         _dirty.Clear();
     }
+
+    private void WriteRun(ulong first, int blocks) =>
+        _device.Write((long)first * MetadataFormat.BlockSize, _staging!.Memory[..(blocks * MetadataFormat.BlockSize)]);
 
     /// <summary>Drops every block (used by abort and reopen). Writer context only.</summary>
     public void Clear()
@@ -166,7 +190,13 @@ internal sealed unsafe class BlockCache : IDisposable
         }
     }
 
-    public void Dispose() => Clear();
+    public void Dispose()
+    {
+        Clear();
+        if (_staging != null)
+            ((IDisposable)_staging).Dispose();
+        _staging = null;
+    }
 
     private static MetadataBlockKind KindOf(BlockCheck check) => check switch
     {

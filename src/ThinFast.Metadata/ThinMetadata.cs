@@ -184,7 +184,7 @@ public sealed partial class ThinMetadata : IDisposable
         if (dataIndex.Keys.Count != data.BitmapCount)
             throw new MetadataCorruptException(_dataIndexRoot, MetadataBlockKind.BTreeNode, MetadataTree.DataSpaceMapIndex, MetadataFault.Inconsistent,
                 $"data space-map index has {dataIndex.Keys.Count} entries, {data.BitmapCount} bitmaps expected");
-        byte[] dataIndexValues = dataIndex.Values;
+        byte[] dataIndexValues = dataIndex.ValueArray();
         for (int i = 0; i < data.BitmapCount; i++)
         {
             if (dataIndex.Keys[i] != (ulong)i)
@@ -204,7 +204,7 @@ public sealed partial class ThinMetadata : IDisposable
             throw new MetadataCorruptException(_detailsRoot, MetadataBlockKind.BTreeNode, MetadataTree.DeviceDetails, MetadataFault.Inconsistent,
                 $"device ids in the details tree ({string.Join(",", details.Keys)}) differ from the mapping tree ({string.Join(",", top.Keys)})");
         _devices = new Dictionary<ulong, DeviceState>(top.Keys.Count);
-        byte[] roots = top.Values, records = details.Values;
+        byte[] roots = top.ValueArray(), records = details.ValueArray();
         for (int i = 0; i < top.Keys.Count; i++)
         {
             ulong root = BinaryPrimitives.ReadUInt64LittleEndian(roots.AsSpan(i * 8, 8));
@@ -239,7 +239,7 @@ public sealed partial class ThinMetadata : IDisposable
         }
         var overflow = new EntryCollector();
         BTree.Walk(_tm, overflowRoot, overflowTree, 0, ulong.MaxValue, ref overflow);
-        byte[] counts = overflow.Values;
+        byte[] counts = overflow.ValueArray();
         for (int i = 0; i < overflow.Keys.Count; i++)
         {
             ulong b = overflow.Keys[i];
@@ -260,7 +260,7 @@ public sealed partial class ThinMetadata : IDisposable
     {
         public readonly List<ulong> Keys = new();
         public readonly List<byte> ValueBytes = new();
-        public readonly byte[] Values => ValueBytes.ToArray();
+        public readonly byte[] ValueArray() => ValueBytes.ToArray();
 
         public bool Visit(ulong key, ReadOnlySpan<byte> value)
         {
