@@ -67,6 +67,16 @@ public static class Cli
         Assert.DoesNotContain("   at ", r.Stderr);
     }
 
+    /// <summary>serve logs on stderr (time-stamped) before it fails: the error is the last line.</summary>
+    public static void AssertServeError(CliResult r, string mustContain)
+    {
+        Assert.True(r.ExitCode == 1, r.ToString());
+        string last = r.Stderr.TrimEnd('\n').Split('\n')[^1];
+        Assert.StartsWith("thinfast: ", last);
+        Assert.Contains(mustContain, last);
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
     private static string FindRepoRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
