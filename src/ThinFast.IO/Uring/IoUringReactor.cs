@@ -105,7 +105,9 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     /// On a 2-CPU machine polling takes the CPU the kernel needs to complete the I/O: device-vs-fio
     /// (4 KiB QD32, 3 pairs each, loaded 2-vCPU VM) gave randread/randwrite/1M-read ratios to fio of
     /// 0.94/0.93/1.05 with no spin, 0.91/0.69/0.60 at 20 us and 0.83/0.99/0.86 at 50 us, and
-    /// spinning raised CPU per I/O. So: no spin up to 2 CPUs, a short one above.
+    /// spinning raised CPU per I/O (measured with the earlier COOP_TASKRUN ring, where polling
+    /// was pure user-space CQ reads; with DEFER_TASKRUN each poll is a syscall, so polling only
+    /// costs more). So: no spin up to 2 CPUs, a short one above.
     /// </summary>
     public static readonly TimeSpan DefaultSpin = Environment.ProcessorCount > 2 ? TimeSpan.FromMicroseconds(20) : TimeSpan.Zero;
 
@@ -166,7 +168,8 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     /// Registers every buffer of <paramref name="pool"/> with this ring, so I/O into them uses
     /// READ_FIXED / WRITE_FIXED (no per-I/O page pinning in the kernel). Call before issuing I/O on
     /// those buffers. A buffer can belong to one ring only. The table is rebuilt whole each time,
-    /// since the kernel accepts one registration per ring.
+    /// since the kernel accepts one registration per ring. The register calls run on the reactor
+    /// thread (a single-issuer ring refuses them from any other); this call waits for them.
     /// </summary>
     public void RegisterBuffers(AlignedBufferPool pool)
     {
