@@ -131,7 +131,8 @@ public sealed class DeviceVsFio : IComparisonRun
         using var _ = reactor;
         if (registered)
             reactor.RegisterBuffers(pool);
-        using var device = BlockDevices.Open(file, new BlockDeviceOptions { Backend = BlockDeviceBackend.IoUring, Reactor = reactor });
+        // Read jobs open the file read-only, as fio does.
+        using var device = BlockDevices.Open(file, new BlockDeviceOptions { Backend = BlockDeviceBackend.IoUring, Reactor = reactor, ReadOnly = !w.Write });
         var shared = new SharedCursor(device.Length / w.BlockSize);
         var workers = new Worker[w.QueueDepth];
         using var done = new CountdownEvent(workers.Length);
