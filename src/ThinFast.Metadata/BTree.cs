@@ -270,14 +270,16 @@ internal static class BTree
             }
             return true;
         }
-        for (int i = start; i < nr; i++)
+        int end = start;
+        while (end < nr && Node.Key(n, end) < hi)
+            end++;
+        tm.Cache.PrefetchChildren(n, start, end);
+        for (int i = start; i < end; i++)
         {
-            if (Node.Key(n, i) >= hi)
-                return false;
             if (!Walk(tm, Node.Value64(n, i), tree, lo, hi, ref visitor, depth + 1))
                 return false;
         }
-        return true;
+        return end == nr;
     }
 
     /// <summary>Drops one reference to the subtree at <paramref name="b"/>, releasing what only it held.</summary>

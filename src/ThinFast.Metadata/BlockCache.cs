@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using ThinFast.IO;
 
@@ -85,6 +86,78 @@ internal sealed unsafe class BlockCache : IDisposable
         }
         ((IDisposable)buffer).Dispose();
         return _blocks[block];
+    }
+
+    /// <summary>
+    /// Starts reads for the uncached children [start, end) of an internal node all at once and waits
+    /// for them, so a cold walk costs one device round trip per node instead of one per child.
+    /// Nothing is validated here (<see cref="Read"/> does that on first use), and a failed read is
+    /// dropped, so <see cref="Read"/> reports it with the block's identity.
+    /// </summary>
+    public void PrefetchChildren(ReadOnlySpan<byte> node, int start, int end)
+    {
+        int misses = 0;
+        for (int i = start; i < end; i++)
+        {
+            ulong b = Node.Value64(node, i);
+            if (b != 0 && b < NrBlocks && !_blocks.ContainsKey(b))
+                misses++;
+        }
+        if (misses < 2)
+            return;
+        var blocks = ArrayPool<ulong>.Shared.Rent(misses);
+        var buffers = ArrayPool<NativeBuffer?>.Shared.Rent(misses);
+        var reads = ArrayPool<ValueTask>.Shared.Rent(misses);
+        int n = 0;
+        try
+        {
+            for (int i = start; i < end && n < misses; i++)
+            {
+                ulong b = Node.Value64(node, i);
+                if (b == 0 || b >= NrBlocks || _blocks.ContainsKey(b))
+                    continue;
+                var buffer = new NativeBuffer(MetadataFormat.BlockSize);
+                try
+                {
+                    reads[n] = _device.ReadAsync((long)b * MetadataFormat.BlockSize, buffer.Memory);
+                }
+                catch (BlockDeviceException)
+                {
+                    ((IDisposable)buffer).Dispose();
+                    continue;
+                }
+                blocks[n] = b;
+                buffers[n] = buffer;
+                n++;
+            }
+            for (int k = 0; k < n; k++)
+            {
+                bool ok = true;
+                try
+                {
+                    if (!reads[k].IsCompletedSuccessfully)
+                        reads[k].AsTask().GetAwaiter().GetResult();
+                }
+                catch (BlockDeviceException)
+                {
+                    ok = false;
+                }
+                if (ok && _blocks.TryAdd(blocks[k], new Entry(buffers[k]!)))
+                {
+                    Interlocked.Increment(ref _count);
+                    buffers[k] = null;
+                }
+            }
+        }
+        finally
+        {
+            for (int k = 0; k < n; k++)
+                if (buffers[k] != null)
+                    ((IDisposable)buffers[k]!).Dispose();
+            ArrayPool<ulong>.Shared.Return(blocks);
+            ArrayPool<NativeBuffer?>.Shared.Return(buffers, clearArray: true);
+            ArrayPool<ValueTask>.Shared.Return(reads, clearArray: true);
+        }
     }
 
     /// <summary>A zeroed block that this transaction now owns; it is written at the next commit.</summary>
