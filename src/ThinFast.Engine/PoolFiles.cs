@@ -26,12 +26,13 @@ public sealed partial class ThinPool
         if (File.Exists(files.ManifestPath))
             throw new PoolException($"a pool already exists at {files.ManifestPath}");
         var processLock = TakeLock(files);
-        IBlockDevice? metadata = null, data = null;
+        IBlockDevice? metadata = null, data = null, dataFlush = null;
         try
         {
-            metadata = OpenOrCreate(files.MetadataPath, metadataSize, MetadataIo(io));
+            metadata = OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io));
             data = OpenOrCreate(files.DataPath, dataSize, io);
-            var pool = Create(new PoolDevices { Metadata = metadata, Data = data, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
+            dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
+            var pool = Create(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
             pool._processLock = processLock;
             return pool;
         }
@@ -39,6 +40,7 @@ public sealed partial class ThinPool
         {
             metadata?.Dispose();
             data?.Dispose();
+            dataFlush?.Dispose();
             processLock.Dispose();
             throw;
         }
@@ -50,12 +52,13 @@ public sealed partial class ThinPool
         if (!File.Exists(files.ManifestPath))
             throw new PoolException($"no pool at {files.ManifestPath} (manifest missing)");
         var processLock = TakeLock(files);
-        IBlockDevice? metadata = null, data = null;
+        IBlockDevice? metadata = null, data = null, dataFlush = null;
         try
         {
-            metadata = OpenExisting(files.MetadataPath, "metadata", MetadataIo(io));
+            metadata = OpenExisting(files.MetadataPath, "metadata", SynchronousIo(io));
             data = OpenExisting(files.DataPath, "data", io);
-            var pool = Open(new PoolDevices { Metadata = metadata, Data = data, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
+            dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
+            var pool = Open(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
             pool._processLock = processLock;
             return pool;
         }
@@ -63,16 +66,18 @@ public sealed partial class ThinPool
         {
             metadata?.Dispose();
             data?.Dispose();
+            dataFlush?.Dispose();
             processLock.Dispose();
             throw;
         }
     }
 
-    // The metadata layer waits synchronously for its block reads and writes. On an io_uring device
-    // those completions come from the reactor thread, which also runs data-path continuations that
-    // may wait for the metadata lock: a cycle. The portable backend completes on the calling
-    // thread, so metadata I/O never depends on the reactor.
-    private static BlockDeviceOptions MetadataIo(BlockDeviceOptions? io) => new()
+    // The metadata layer waits synchronously for its block reads and writes, and commits flush the
+    // data device while holding the metadata lock. On an io_uring device those completions come
+    // from the reactor thread, which also runs data-path continuations that may wait for the
+    // metadata lock: a cycle. The portable backend completes on the calling thread, so neither
+    // depends on the reactor.
+    private static BlockDeviceOptions SynchronousIo(BlockDeviceOptions? io) => new()
     {
         Backend = BlockDeviceBackend.Portable,
         Log = io?.Log,

@@ -94,7 +94,7 @@ public sealed partial class ThinPool
             long changesBefore = Interlocked.Read(ref _mappingChanges);
             try
             {
-                Data.Flush();
+                DataFlush.Flush();
             }
             catch (Exception e)
             {
@@ -107,7 +107,7 @@ public sealed partial class ThinPool
                 if (!_dirty && _mode != PoolMode.ReadOnly)
                     return;
                 if (_mappingChanges != changesBefore)
-                    Data.Flush();
+                    DataFlush.Flush();
                 if (_mode == PoolMode.ReadOnly)
                     return;
                 _metadata.Commit();

@@ -12,6 +12,12 @@ public sealed record PoolDevices
     public required string ManifestPath { get; init; }
     /// <summary>Opens an external origin read-only by path.</summary>
     public required Func<string, IBlockDevice> OpenOrigin { get; init; }
+
+    /// <summary>A second handle on the data device whose flush completes on the calling thread
+    /// (the portable backend), used by commits; null means <see cref="Data"/> itself. A commit
+    /// flushes while holding the metadata lock, and data-path code on the io_uring reactor thread
+    /// may be waiting for that lock: a flush that needed the reactor would never complete.</summary>
+    public IBlockDevice? DataFlush { get; init; }
 }
 
 /// <summary>
@@ -71,6 +77,8 @@ public sealed partial class ThinPool : IDisposable
     internal int ChunkSize { get; }
 
     internal IBlockDevice Data => _devices.Data;
+
+    private IBlockDevice DataFlush => _devices.DataFlush ?? _devices.Data;
 
     public PoolMode Mode => _mode;
 
@@ -509,6 +517,7 @@ public sealed partial class ThinPool : IDisposable
         _metadata.Dispose();
         _devices.Metadata.Dispose();
         _devices.Data.Dispose();
+        _devices.DataFlush?.Dispose();
         BounceBuffers.Dispose();
         ((IDisposable)ZeroBuffer).Dispose();
         _metadataLock.Dispose();

@@ -1,0 +1,37 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace ThinFast.Benchmarks;
+
+/// <summary>Runs fio as the peer of a comparison run and reads its JSON output.</summary>
+internal static class FioRunner
+{
+    public sealed record Figures(double Iops, double MiBs, double CpuUsPerIo);
+
+    public static async Task<Figures> RunAsync(string file, long size, string rw, int bs, int qd, int runtime, int ramp)
+    {
+        string output = await RunRawAsync(
+            $"--name=peer --filename={file} --size={size} --ioengine=io_uring --direct=1 --rw={rw} --bs={bs} " +
+            $"--iodepth={qd} --time_based --runtime={runtime} --ramp_time={ramp} --randrepeat=0 --norandommap --output-format=json");
+        using var json = JsonDocument.Parse(output[output.IndexOf('{')..]);
+        var job = json.RootElement.GetProperty("jobs")[0];
+        var dir = job.GetProperty(rw.Contains("write") ? "write" : "read");
+        double iops = dir.GetProperty("iops").GetDouble();
+        double bw = dir.GetProperty("bw_bytes").GetDouble();
+        // usr_cpu/sys_cpu are percent of one CPU over the job's run time.
+        double cpuPercent = job.GetProperty("usr_cpu").GetDouble() + job.GetProperty("sys_cpu").GetDouble();
+        return new Figures(iops, bw / (1 << 20), cpuPercent / 100 * 1e6 / iops);
+    }
+
+    public static async Task<string> RunRawAsync(string arguments)
+    {
+        using var p = Process.Start(new ProcessStartInfo("fio", arguments) { RedirectStandardOutput = true, RedirectStandardError = true })
+            ?? throw new InvalidOperationException("fio could not be started: apt-get install fio");
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync();
+        if (p.ExitCode != 0)
+            throw new InvalidOperationException($"fio {arguments} exited with {p.ExitCode}: {await stderr}");
+        return await stdout;
+    }
+}
