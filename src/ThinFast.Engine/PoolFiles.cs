@@ -29,8 +29,8 @@ public sealed partial class ThinPool
         IBlockDevice? metadata = null, data = null, dataFlush = null;
         try
         {
-            metadata = OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io));
-            data = OpenOrCreate(files.DataPath, dataSize, io);
+            metadata = OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io), preallocate: false);
+            data = OpenOrCreate(files.DataPath, dataSize, io, options.PreallocateData);
             dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
             var pool = Create(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
             pool._processLock = processLock;
@@ -90,7 +90,7 @@ public sealed partial class ThinPool
         return BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, Backend = io?.Backend ?? BlockDeviceBackend.Auto, Reactor = io?.Reactor, Log = io?.Log });
     };
 
-    private static IBlockDevice OpenOrCreate(string path, long size, BlockDeviceOptions? io)
+    private static IBlockDevice OpenOrCreate(string path, long size, BlockDeviceOptions? io, bool preallocate)
     {
         if (path.StartsWith("/dev/", StringComparison.Ordinal) || File.Exists(path))
         {
@@ -99,7 +99,7 @@ public sealed partial class ThinPool
                 device.Grow(size);
             return device;
         }
-        return BlockDevices.Create(path, size, io);
+        return BlockDevices.Create(path, size, io, preallocate);
     }
 
     private static IBlockDevice OpenExisting(string path, string role, BlockDeviceOptions? io)

@@ -26,6 +26,11 @@ public sealed record PoolOptions
     /// <summary>Discard freed data blocks on the data device (dm-thin's discard_passdown).</summary>
     public bool DiscardPassdown { get; init; } = true;
 
+    /// <summary>A new data file is allocated in full when the pool is made (like an LVM data LV)
+    /// instead of sparse: first writes into file holes cost the file system an allocation and a
+    /// journal entry each. Turn off to keep the file sparse (tests, demos).</summary>
+    public bool PreallocateData { get; init; } = true;
+
     /// <summary>Bounce buffers for provisioning copies and unaligned requests.</summary>
     public int BounceBuffers { get; init; } = 64;
 

@@ -379,8 +379,27 @@ public sealed partial class ThinPool : IDisposable
         e is PoolException or ArgumentException or KeyNotFoundException
         || (e is InvalidOperationException && e is not MetadataSpaceExhaustedException);
 
-    internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
-        MutateMetadata(m => m.Insert(deviceId, virtualBlock, dataBlock));
+    // Written out rather than through MutateMetadata: a capturing lambda would allocate on every
+    // provisioning write.
+    internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock)
+    {
+        _metadataLock.EnterWriteLock();
+        try
+        {
+            _metadata.Insert(deviceId, virtualBlock, dataBlock);
+            _dirty = true;
+            _mappingChanges++;
+        }
+        catch (Exception e) when (!IsCallerError(e))
+        {
+            AbortAndDegrade(e);
+            throw;
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
+        }
+    }
 
     /// <summary>Unmaps blocks [first, end) of a device; returns the data blocks nobody references
     /// any more (for discard passdown) into <paramref name="freed"/>.</summary>

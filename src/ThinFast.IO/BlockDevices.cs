@@ -49,9 +49,12 @@ public static class BlockDevices
         }
     }
 
-    /// <summary>Creates a new file of <paramref name="length"/> bytes (sparse) and opens it
-    /// read-write. Fails if the file exists, so nothing is overwritten by accident.</summary>
-    public static IBlockDevice Create(string path, long length, BlockDeviceOptions? options = null)
+    /// <summary>Creates a new file of <paramref name="length"/> bytes and opens it read-write.
+    /// Fails if the file exists, so nothing is overwritten by accident. With
+    /// <paramref name="preallocate"/> the file's blocks are allocated now (fallocate) instead of
+    /// left sparse: a first O_DIRECT write into a hole makes the file system allocate and journal
+    /// on the write path, which cost a thin pool's first writes a factor of seven here.</summary>
+    public static IBlockDevice Create(string path, long length, BlockDeviceOptions? options = null, bool preallocate = false)
     {
         if (length < 0 || length % DeviceGeometry.FallbackAlignment != 0)
             throw new BlockDeviceException(BlockError.InvalidArgument, $"{path}: length {length} must be a non-negative multiple of {DeviceGeometry.FallbackAlignment}");
@@ -60,10 +63,13 @@ public static class BlockDevices
         int fd = Libc.Open(path, Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL | Libc.O_CLOEXEC, 0x1a4 /* 0644 */);
         if (fd < 0)
             throw BlockErrors.FromErrno(fd, path, "create");
-        int r = Libc.Ftruncate(fd, length);
+        int r = preallocate && length > 0 ? Libc.Fallocate(fd, 0, 0, length) : Libc.Ftruncate(fd, length);
         Libc.Close(fd);
         if (r < 0)
-            throw BlockErrors.FromErrno(r, path, $"ftruncate to {length}");
+        {
+            File.Delete(path);
+            throw BlockErrors.FromErrno(r, path, preallocate ? $"fallocate {length} bytes" : $"ftruncate to {length}");
+        }
         return Open(path, options);
     }
 
