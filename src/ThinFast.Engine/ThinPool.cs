@@ -484,7 +484,7 @@ public sealed partial class ThinPool : IDisposable
     private void ThrowIfNotWritable(string what)
     {
         if (_mode is PoolMode.ReadOnly or PoolMode.Fail)
-            throw new PoolException($"cannot {what}: pool is in {_mode} mode");
+            throw new PoolException($"cannot {what}: the pool is {(_mode == PoolMode.ReadOnly ? "read-only after a metadata failure" : "in fail mode")}");
     }
 
     internal void Log(string message) => Options.Log?.Invoke(message);
