@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using ThinFast.Engine;
+using ThinFast.IO;
 using ThinFast.Nbd;
 
 namespace ThinFast.Cli;
@@ -11,13 +12,15 @@ internal static class ServeCommand
     private const string Help = """
         Usage: thinfast serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only]
                                   [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space]
+                                  [--io auto|uring|portable]
 
         Serves the pool's volumes over NBD, one export per volume by name (the default export, for
         clients that ask for none, is the first). All volumes unless --volume names some. Listens on
         a unix socket (default DIR/nbd.sock) and/or TCP (ADDR defaults to 127.0.0.1; --tcp alone
         does not imply no socket: give --socket too to keep it). Runs in the foreground, logs on
         stderr; SIGINT/SIGTERM stop accepting, finish in-flight requests, commit the metadata and
-        remove the socket and pid file.
+        remove the socket and pid file. --io picks the data I/O backend (auto: io_uring when the
+        kernel allows it, else the portable one).
 
         Examples:
           nbdinfo 'nbd+unix:///vm1?socket=DIR/nbd.sock'
@@ -28,7 +31,7 @@ internal static class ServeCommand
     {
         if (Program.WantsHelp(argv))
             return Program.Help(Help);
-        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water"], ["--read-only", "--error-if-no-space"]);
+        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io"], ["--read-only", "--error-if-no-space"]);
         string dir = a.Positional(0, "pool directory (DIR)");
         a.ExpectPositionals(1);
         string? tcp = a.Value("--tcp");
@@ -40,7 +43,14 @@ internal static class ServeCommand
             ErrorIfNoSpace = a.Flag("--error-if-no-space"),
             Log = Log,
         };
-        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"));
+        var backend = (a.Value("--io") ?? "auto") switch
+        {
+            "auto" => BlockDeviceBackend.Auto,
+            "uring" => BlockDeviceBackend.IoUring,
+            "portable" => BlockDeviceBackend.Portable,
+            var other => throw new UsageException($"--io '{other}' must be auto, uring or portable"),
+        };
+        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend);
         running.WaitForSignal();
         return Program.Ok;
     }
@@ -84,11 +94,12 @@ internal static class ServeCommand
         public IPEndPoint? TcpEndpoint { get; private set; }
         public IReadOnlyList<string> ExportNames => _server.Exports.Select(e => e.Name).ToList();
 
-        public static Running Start(string dir, PoolOptions options, IReadOnlyList<string> names, bool readOnly, string? socket, IPEndPoint? tcp, string? pidFile)
+        public static Running Start(string dir, PoolOptions options, IReadOnlyList<string> names, bool readOnly, string? socket, IPEndPoint? tcp, string? pidFile,
+            BlockDeviceBackend backend = BlockDeviceBackend.Auto)
         {
             if (pidFile is not null && File.Exists(pidFile) && ProcessAlive(File.ReadAllText(pidFile)))
                 throw new PoolException($"pid file {pidFile} names a running process");
-            var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), options);
+            var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), options, new BlockDeviceOptions { Backend = backend, Log = Log });
             Running? running = null;
             try
             {

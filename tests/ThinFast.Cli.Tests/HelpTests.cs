@@ -46,6 +46,7 @@ public sealed class HelpTests
     [InlineData(new[] { "pool", "create", "/tmp/x", "--data-size", "12Q" }, "unknown unit")]
     [InlineData(new[] { "pool", "info", "a", "b" }, "unexpected argument 'b'")]
     [InlineData(new[] { "serve", "/tmp/x", "--tcp", "99999" }, "port must be 0-65535")]
+    [InlineData(new[] { "serve", "/tmp/x", "--io", "spdk" }, "must be auto, uring or portable")]
     public void BadUsageExitsTwo(string[] args, string message)
     {
         var r = Cli.Run(args);
