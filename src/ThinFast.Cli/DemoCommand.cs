@@ -98,8 +98,9 @@ internal static class DemoCommand
             if (size != BaseSize.ToString())
                 throw new DemoException($"self-check: nbdinfo --size {uri} said '{size}', expected {BaseSize}");
         }
-        // vm1 has never been written by the demo itself, so until someone writes to it every byte
-        // comes from the base image. debugfs then reads a known file out of the served filesystem.
+        // The demo never writes to its volumes, so unless a visitor wrote to vm2 every byte of it
+        // comes from the base image: debugfs reads a known file out of the served filesystem and
+        // e2fsck (read-only) checks the whole filesystem as served.
         string copy = Path.Combine(dir, "selfcheck.img");
         try
         {
