@@ -14,9 +14,9 @@ public static class Cli
     public static readonly string RepoRoot = FindRepoRoot();
 
     // The test binary lives in tests/ThinFast.Cli.Tests/bin/<Config>/net10.0/: use the CLI built
-    // in the same configuration.
-    public static readonly string Exe = Path.Combine(RepoRoot, "src", "ThinFast.Cli", "bin",
-        new DirectoryInfo(AppContext.BaseDirectory.TrimEnd('/')).Parent!.Name, "net10.0", "thinfast");
+    // in the same configuration, or THINFAST_CLI_EXE (to run the suite against the NativeAOT binary).
+    public static readonly string Exe = Environment.GetEnvironmentVariable("THINFAST_CLI_EXE") is { Length: > 0 } exe ? exe
+        : Path.Combine(RepoRoot, "src", "ThinFast.Cli", "bin", new DirectoryInfo(AppContext.BaseDirectory.TrimEnd('/')).Parent!.Name, "net10.0", "thinfast");
 
     public static CliResult Run(params string[] args) => RunIn(null, null, args);
 
