@@ -8,7 +8,7 @@ public class Ext4OverOriginTests
 {
     private const long BaseSize = 64L << 20;
 
-    [Fact]
+    [Fact(Timeout = 120_000)] // a hang (say, a deadlock between server and pool) fails instead of stalling CI
     public async Task Ext4OnThinVolumesOverOneBaseImage()
     {
         await using var s = new ThinServer();

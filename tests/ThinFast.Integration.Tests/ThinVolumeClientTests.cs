@@ -9,7 +9,7 @@ public class ThinVolumeClientTests
     private const int Block = 64 * 1024;
     private const int Data = 0, HoleZero = 3;
 
-    [Fact]
+    [Fact(Timeout = 120_000)] // a hang (say, a deadlock between server and pool) fails instead of stalling CI
     public async Task NbdinfoMapShowsHolesOriginDataAndMappedBlocks()
     {
         await using var s = new ThinServer();
@@ -20,7 +20,8 @@ public class ThinVolumeClientTests
 
         await Clients.RunOkAsync("qemu-io", "-f", "raw", s.UnixUri("plain"),
             "-c", "write -P 0x5a 1M 64k",
-            "-c", $"write -P 0x5b {(3 << 20) + 4096} 4k"); // partial: the whole block gets mapped
+            "-c", $"write -P 0x5b {(3 << 20) + 4096} 4k") // partial: the whole block gets mapped
+            .WaitAsync(TestContext.Current.CancellationToken);
         await Clients.RunOkAsync("qemu-io", "-f", "raw", s.TcpUri("over"),
             "-c", $"write -P 0x6a {(2 << 20) + 8192} 4k", // copy-on-write from the origin
             "-c", "write -P 0x6b 12M 64k");                 // past the origin's end
@@ -91,7 +92,7 @@ public class ThinVolumeClientTests
     private static string[] Script(string target, string[] commands) =>
         ["-f", "raw", target, .. commands.SelectMany(c => new[] { "-c", c })];
 
-    [Fact]
+    [Fact(Timeout = 120_000)] // a hang (say, a deadlock between server and pool) fails instead of stalling CI
     public async Task QemuIoWritesOverOriginMatchTheExpectedImageAndNbdcopyRoundTrips()
     {
         const long size = 32L << 20;
@@ -109,7 +110,7 @@ public class ThinVolumeClientTests
             f.SetLength(size);
         await Clients.RunOkAsync("qemu-io", Script(expected, s_writes));
 
-        await Clients.RunOkAsync("qemu-io", Script(s.UnixUri("vm"), s_writes));
+        await Clients.RunOkAsync("qemu-io", Script(s.UnixUri("vm"), s_writes)).WaitAsync(TestContext.Current.CancellationToken);
         var reads = await Clients.RunOkAsync("qemu-io", Script(s.UnixUri("vm"), s_reads));
         Assert.DoesNotContain("verification failed", reads.StdOut + reads.StdErr, StringComparison.OrdinalIgnoreCase);
         var compare = await Clients.RunOkAsync("qemu-img", "compare", "-f", "raw", "-F", "raw", expected, s.UnixUri("vm"));
@@ -127,7 +128,7 @@ public class ThinVolumeClientTests
         await s.CloseAndCheckAsync();
     }
 
-    [Fact]
+    [Fact(Timeout = 120_000)] // a hang (say, a deadlock between server and pool) fails instead of stalling CI
     public async Task FioVerifiesRandomWritesOverAnOriginOnTwoConnections()
     {
         await using var s = new ThinServer();
@@ -144,7 +145,7 @@ public class ThinVolumeClientTests
             "--bssplit=4k/50:16k/20:64k/20:256k/10", "--size=32m", "--io_size=12m", "--offset_increment=32m",
             "--numjobs=2", "--iodepth=16", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
             "--randrepeat=0", "--output-format=json",
-        ], TimeSpan.FromSeconds(120));
+        ], TimeSpan.FromSeconds(120)).WaitAsync(TestContext.Current.CancellationToken);
         Assert.True(result.ExitCode == 0, result.ToString());
         using var json = JsonDocument.Parse(result.StdOut[result.StdOut.IndexOf('{')..]);
         var jobs = json.RootElement.GetProperty("jobs");
