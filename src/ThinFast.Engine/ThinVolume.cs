@@ -62,7 +62,42 @@ public sealed partial class ThinVolume : IBlockVolume
     {
         if (!CheckRequest(offset, destination.Length, write: false, out var error))
             return ValueTask.FromException(error);
-        return destination.Length == 0 ? ValueTask.CompletedTask : ReadCoreAsync(offset, destination);
+        if (destination.Length == 0)
+            return ValueTask.CompletedTask;
+        return offset % _blockSize + destination.Length <= _blockSize
+            ? ReadInOneBlockAsync(offset, destination)
+            : ReadCoreAsync(offset, destination);
+    }
+
+    /// <summary>The common case (a request inside one block) in one state machine: with the gate
+    /// and the block lock free, only the device read suspends it.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ReadInOneBlockAsync(long offset, Memory<byte> destination)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            ulong block = (ulong)(offset / _blockSize);
+            int stripe = BlockLockTable.StripeOf(DeviceId, block);
+            await _pool.BlockLocks.AcquireAsync(stripe, exclusive: false);
+            try
+            {
+                if (_pool.TryLookup(DeviceId, block, out var mapping))
+                    await _pool.ReadAnyAsync(_pool.Data, (long)mapping.DataBlock * _blockSize + offset % _blockSize, destination);
+                else if (_origin is not null)
+                    await ReadOriginAsync(offset, destination);
+                else
+                    destination.Span.Clear();
+            }
+            finally
+            {
+                _pool.BlockLocks.Release(stripe, exclusive: false);
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
@@ -182,7 +217,38 @@ public sealed partial class ThinVolume : IBlockVolume
             return ValueTask.FromException(error);
         if (source.Length == 0)
             return (flags & WriteFlags.ForceUnitAccess) != 0 ? _pool.FlushAsync() : ValueTask.CompletedTask;
-        return WriteCoreAsync(offset, source, flags);
+        return offset % _blockSize + source.Length <= _blockSize && (flags & WriteFlags.ForceUnitAccess) == 0
+            ? WriteInOneBlockAsync(offset, source)
+            : WriteCoreAsync(offset, source, flags);
+    }
+
+    /// <summary>A write inside one block, in one state machine when the block is mapped and not
+    /// shared (the steady state of a running guest); anything else takes the general path.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteInOneBlockAsync(long offset, ReadOnlyMemory<byte> source)
+    {
+        await Gate.EnterAsync();
+        try
+        {
+            ulong block = (ulong)(offset / _blockSize);
+            int stripe = BlockLockTable.StripeOf(DeviceId, block);
+            await _pool.BlockLocks.AcquireAsync(stripe, exclusive: true);
+            try
+            {
+                if (_pool.TryLookup(DeviceId, block, out var mapping) && !mapping.Shared)
+                    await _pool.WriteAnyAsync((long)mapping.DataBlock * _blockSize + offset % _blockSize, source);
+                else
+                    await WriteBlockAsync(block, (int)(offset % _blockSize), source);
+            }
+            finally
+            {
+                _pool.BlockLocks.Release(stripe, exclusive: true);
+            }
+        }
+        finally
+        {
+            Gate.Exit();
+        }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]

@@ -30,13 +30,29 @@ public static class BlockDeviceExtensions
     // Synchronous helpers for code off the data path (metadata block cache, tools). They must not
     // be called on a backend's I/O thread: the wait would deadlock the reactor.
 
-    public static void Read(this IBlockDevice device, long offset, Memory<byte> destination) =>
-        Wait(device.ReadAsync(offset, destination));
+    public static void Read(this IBlockDevice device, long offset, Memory<byte> destination)
+    {
+        if (device is ISynchronousBlockDevice sync)
+            sync.ReadSynchronously(offset, destination.Span);
+        else
+            Wait(device.ReadAsync(offset, destination));
+    }
 
-    public static void Write(this IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None) =>
-        Wait(device.WriteAsync(offset, source, flags));
+    public static void Write(this IBlockDevice device, long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None)
+    {
+        if (device is ISynchronousBlockDevice sync)
+            sync.WriteSynchronously(offset, source.Span, flags);
+        else
+            Wait(device.WriteAsync(offset, source, flags));
+    }
 
-    public static void Flush(this IBlockDevice device) => Wait(device.FlushAsync());
+    public static void Flush(this IBlockDevice device)
+    {
+        if (device is ISynchronousBlockDevice sync)
+            sync.FlushSynchronously();
+        else
+            Wait(device.FlushAsync());
+    }
 
     public static void Discard(this IBlockDevice device, long offset, long length) => Wait(device.DiscardAsync(offset, length));
 

@@ -103,7 +103,10 @@ internal sealed unsafe class BlockCache : IDisposable
             if (b != 0 && b < NrBlocks && !_blocks.ContainsKey(b))
                 misses++;
         }
-        if (misses < 2)
+        // Overlapping reads only pay off on a device that completes them asynchronously by
+        // itself. A synchronous device (the portable backend pools metadata uses) would run each
+        // on a thread-pool thread while this one blocks waiting: starvation under load.
+        if (misses < 2 || _device is ISynchronousBlockDevice)
             return;
         var blocks = ArrayPool<ulong>.Shared.Rent(misses);
         var buffers = ArrayPool<NativeBuffer?>.Shared.Rent(misses);

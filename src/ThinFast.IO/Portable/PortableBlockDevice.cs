@@ -10,7 +10,7 @@ namespace ThinFast.IO.Portable;
 /// allocates per I/O, but it works wherever io_uring is forbidden (containers, seccomp).
 /// FUA is write + fdatasync; discard is a punched hole (files) or BLKDISCARD (block devices).
 /// </summary>
-public sealed class PortableBlockDevice : IBlockDevice
+public sealed class PortableBlockDevice : ISynchronousBlockDevice
 {
     private readonly SafeFileHandle _handle;
     private readonly bool _isBlockDevice;
@@ -107,6 +107,44 @@ public sealed class PortableBlockDevice : IBlockDevice
         if ((flags & WriteFlags.ForceUnitAccess) != 0)
             Check(Libc.Fdatasync(Fd), "fdatasync after FUA write");
     }
+
+    public void ReadSynchronously(long offset, Span<byte> destination)
+    {
+        this.ValidateRequest(offset, destination.Length, destination, isWrite: false);
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int n;
+            try
+            {
+                n = RandomAccess.Read(_handle, destination[done..], offset + done);
+            }
+            catch (IOException e) when (e is not BlockDeviceException)
+            {
+                throw Translate(e, "read");
+            }
+            if (n == 0)
+                throw new BlockDeviceException(BlockError.IoError, $"{Name}: read at {offset + done} hit the end of the file");
+            done += n;
+        }
+    }
+
+    public void WriteSynchronously(long offset, ReadOnlySpan<byte> source, WriteFlags flags)
+    {
+        this.ValidateRequest(offset, source.Length, source, isWrite: true);
+        try
+        {
+            RandomAccess.Write(_handle, source, offset);
+        }
+        catch (IOException e) when (e is not BlockDeviceException)
+        {
+            throw Translate(e, "write");
+        }
+        if ((flags & WriteFlags.ForceUnitAccess) != 0)
+            Check(Libc.Fdatasync(Fd), "fdatasync after FUA write");
+    }
+
+    public void FlushSynchronously() => Check(Libc.Fdatasync(Fd), "fdatasync");
 
     private void Check(int result, string what)
     {
