@@ -8,6 +8,20 @@ internal static class FioRunner
 {
     public sealed record Figures(double Iops, double MiBs, double CpuUsPerIo);
 
+    public static async Task<bool> IsInstalledAsync()
+    {
+        try
+        {
+            using var p = Process.Start(new ProcessStartInfo("fio", "--version") { RedirectStandardOutput = true })!;
+            await p.WaitForExitAsync();
+            return p.ExitCode == 0;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+    }
+
     public static async Task<Figures> RunAsync(string file, long size, string rw, int bs, int qd, int runtime, int ramp)
     {
         string output = await RunRawAsync(

@@ -71,7 +71,7 @@ public sealed class DeviceVsFio : IComparisonRun
                     return 2;
             }
         }
-        if (!await Fio.IsInstalledAsync())
+        if (!await FioRunner.IsInstalledAsync())
         {
             Console.Error.WriteLine("fio is required: apt-get install fio");
             return 1;
@@ -89,7 +89,8 @@ public sealed class DeviceVsFio : IComparisonRun
             var pairs = new List<(Result Fio, Result ThinFast)>();
             for (int r = 0; r < repeat; r++)
             {
-                var f = await Fio.RunAsync(file, size, w.FioRw, w.BlockSize, w.QueueDepth, runtime, ramp);
+                var figures = await FioRunner.RunAsync(file, size, w.FioRw, w.BlockSize, w.QueueDepth, runtime, ramp);
+                var f = new Result(figures.Iops, figures.MiBs, figures.CpuUsPerIo, double.NaN);
                 Print(w, "fio", f);
                 var t = RunThinFast(file, w, runtime, ramp, spin, registered);
                 Print(w, "ThinFast", t);
@@ -118,7 +119,7 @@ public sealed class DeviceVsFio : IComparisonRun
             return false;
         File.Delete(file);
         Console.WriteLine($"writing {size >> 20} MiB to {file} ...");
-        await Fio.RunRawAsync($"--name=fill --filename={file} --size={size} --rw=write --bs=1m --ioengine=io_uring --direct=1 --iodepth=8 --end_fsync=1 --output=/dev/null");
+        await FioRunner.RunRawAsync($"--name=fill --filename={file} --size={size} --rw=write --bs=1m --ioengine=io_uring --direct=1 --iodepth=8 --end_fsync=1 --output=/dev/null");
         return true;
     }
 
@@ -257,50 +258,6 @@ public sealed class DeviceVsFio : IComparisonRun
                 _done.Signal();
             else
                 Issue();
-        }
-    }
-
-    private static class Fio
-    {
-        public static async Task<bool> IsInstalledAsync()
-        {
-            try
-            {
-                using var p = Process.Start(new ProcessStartInfo("fio", "--version") { RedirectStandardOutput = true })!;
-                await p.WaitForExitAsync();
-                return p.ExitCode == 0;
-            }
-            catch (System.ComponentModel.Win32Exception)
-            {
-                return false;
-            }
-        }
-
-        public static async Task<Result> RunAsync(string file, long size, string rw, int bs, int qd, int runtime, int ramp)
-        {
-            string output = await RunRawAsync(
-                $"--name=peer --filename={file} --size={size} --ioengine=io_uring --direct=1 --rw={rw} --bs={bs} " +
-                $"--iodepth={qd} --time_based --runtime={runtime} --ramp_time={ramp} --randrepeat=0 --norandommap --output-format=json");
-            using var json = JsonDocument.Parse(output[output.IndexOf('{')..]);
-            var job = json.RootElement.GetProperty("jobs")[0];
-            var dir = job.GetProperty(rw.Contains("write") ? "write" : "read");
-            double iops = dir.GetProperty("iops").GetDouble();
-            double bw = dir.GetProperty("bw_bytes").GetDouble();
-            // usr_cpu/sys_cpu are percent of one CPU over the job's run time.
-            double cpuPercent = job.GetProperty("usr_cpu").GetDouble() + job.GetProperty("sys_cpu").GetDouble();
-            double cpuUsPerIo = cpuPercent / 100 * 1e6 / iops;
-            return new Result(iops, bw / (1 << 20), cpuUsPerIo, double.NaN);
-        }
-
-        public static async Task<string> RunRawAsync(string arguments)
-        {
-            using var p = Process.Start(new ProcessStartInfo("fio", arguments) { RedirectStandardOutput = true, RedirectStandardError = true })!;
-            var stdout = p.StandardOutput.ReadToEndAsync();
-            var stderr = p.StandardError.ReadToEndAsync();
-            await p.WaitForExitAsync();
-            if (p.ExitCode != 0)
-                throw new InvalidOperationException($"fio {arguments} exited with {p.ExitCode}: {await stderr}");
-            return await stdout;
         }
     }
 }

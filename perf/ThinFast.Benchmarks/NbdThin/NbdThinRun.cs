@@ -15,7 +15,7 @@ public sealed class NbdThinRun : IComparisonRun
     public string Name => "nbd-thin";
 
     public string Description =>
-        "serve thin volumes over a base image: --pool DIR --base IMAGE --socket PATH [--volumes a,b] [--block-size BYTES] [--data-size BYTES] [--pid-file F]";
+        "serve thin volumes over a base image: --pool DIR --base IMAGE --socket PATH [--volumes a,b] [--block-size BYTES] [--data-size BYTES] [--commit-interval-ms N] [--pid-file F]";
 
     public async Task<int> RunAsync(string[] args)
     {
@@ -23,6 +23,7 @@ public sealed class NbdThinRun : IComparisonRun
         string[] volumes = ["vol"];
         int blockSize = PoolOptions.DefaultBlockSize;
         long? dataSize = null;
+        var commitInterval = new PoolOptions().CommitInterval;
         for (int i = 0; i < args.Length; i++)
         {
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -34,6 +35,7 @@ public sealed class NbdThinRun : IComparisonRun
                 case "--volumes": volumes = Value().Split(',', StringSplitOptions.RemoveEmptyEntries); break;
                 case "--block-size": blockSize = int.Parse(Value()); break;
                 case "--data-size": dataSize = long.Parse(Value()); break;
+                case "--commit-interval-ms": commitInterval = TimeSpan.FromMilliseconds(int.Parse(Value())); break;
                 case "--pid-file": pidFile = Value(); break;
                 default:
                     Console.Error.WriteLine($"nbd-thin: unknown argument '{args[i]}'; {Description}");
@@ -55,7 +57,7 @@ public sealed class NbdThinRun : IComparisonRun
 
         // Data space for every volume to be fully provisioned, so a benchmark never waits for space.
         var pool = ThinPool.CreateFiles(PoolFiles.InFolder(poolDir), 64L << 20, dataSize ?? baseSize * volumes.Length,
-            new PoolOptions { BlockSize = blockSize, Log = message => Console.Error.WriteLine($"nbd-thin: {message}") });
+            new PoolOptions { BlockSize = blockSize, CommitInterval = commitInterval, Log = message => Console.Error.WriteLine($"nbd-thin: {message}") });
         var exports = volumes.Select(v => new NbdExport(pool.CreateVolume(v, baseSize, baseImage))).ToList();
         var server = new NbdServer(exports, new NbdServerOptions { DefaultExport = exports[0].Name },
             message => Console.Error.WriteLine(message));
