@@ -25,25 +25,10 @@ public sealed partial class ThinPool
         options.Validate();
         if (File.Exists(files.ManifestPath))
             throw new PoolException($"a pool already exists at {files.ManifestPath}");
-        var processLock = TakeLock(files);
-        IBlockDevice? metadata = null, data = null, dataFlush = null;
-        try
-        {
-            metadata = OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io), preallocate: false);
-            data = OpenOrCreate(files.DataPath, dataSize, io, options.PreallocateData);
-            dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
-            var pool = Create(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
-            pool._processLock = processLock;
-            return pool;
-        }
-        catch
-        {
-            metadata?.Dispose();
-            data?.Dispose();
-            dataFlush?.Dispose();
-            processLock.Dispose();
-            throw;
-        }
+        return Assemble(files, io,
+            () => OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io), preallocate: false),
+            () => OpenOrCreate(files.DataPath, dataSize, io, options.PreallocateData),
+            devices => Create(devices, options));
     }
 
     /// <summary>Opens an existing pool. Refuses when another process has it open.</summary>
@@ -51,22 +36,32 @@ public sealed partial class ThinPool
     {
         if (!File.Exists(files.ManifestPath))
             throw new PoolException($"no pool at {files.ManifestPath} (manifest missing)");
+        return Assemble(files, io,
+            () => OpenExisting(files.MetadataPath, "metadata", SynchronousIo(io)),
+            () => OpenExisting(files.DataPath, "data", io),
+            devices => Open(devices, options));
+    }
+
+    /// <summary>Takes the process lock, opens the devices and builds the pool; on any failure
+    /// closes whatever was opened, in reverse.</summary>
+    private static ThinPool Assemble(PoolFiles files, BlockDeviceOptions? io, Func<IBlockDevice> openMetadata, Func<IBlockDevice> openData, Func<PoolDevices, ThinPool> build)
+    {
         var processLock = TakeLock(files);
         IBlockDevice? metadata = null, data = null, dataFlush = null;
         try
         {
-            metadata = OpenExisting(files.MetadataPath, "metadata", SynchronousIo(io));
-            data = OpenExisting(files.DataPath, "data", io);
+            metadata = openMetadata();
+            data = openData();
             dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
-            var pool = Open(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) }, options);
+            var pool = build(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) });
             pool._processLock = processLock;
             return pool;
         }
         catch
         {
-            metadata?.Dispose();
-            data?.Dispose();
             dataFlush?.Dispose();
+            data?.Dispose();
+            metadata?.Dispose();
             processLock.Dispose();
             throw;
         }

@@ -313,41 +313,34 @@ public sealed partial class ThinPool : IDisposable
     /// <summary>Runs a read-only metadata query under the shared lock.</summary>
     internal T ReadMetadata<T>(Func<ThinMetadata, T> query)
     {
-        _metadataLock.EnterReadLock();
-        try
-        {
-            return query(_metadata);
-        }
-        finally
-        {
-            _metadataLock.ExitReadLock();
-        }
+        using var shared = new SharedLock(_metadataLock);
+        return query(_metadata);
     }
 
+    // Lookups are the hot path: no delegate, just the shared lock around the B-tree walk.
     internal bool TryLookup(uint deviceId, ulong virtualBlock, out BlockMapping mapping)
     {
-        _metadataLock.EnterReadLock();
-        try
-        {
-            return _metadata.TryLookup(deviceId, virtualBlock, out mapping);
-        }
-        finally
-        {
-            _metadataLock.ExitReadLock();
-        }
+        using var shared = new SharedLock(_metadataLock);
+        return _metadata.TryLookup(deviceId, virtualBlock, out mapping);
     }
 
     internal int LookupRange(uint deviceId, ulong first, ulong end, Span<MappedRange> result)
     {
-        _metadataLock.EnterReadLock();
-        try
+        using var shared = new SharedLock(_metadataLock);
+        return _metadata.LookupRange(deviceId, first, end, result);
+    }
+
+    private readonly ref struct SharedLock
+    {
+        private readonly ReaderWriterLockSlim _lock;
+
+        public SharedLock(ReaderWriterLockSlim rwLock)
         {
-            return _metadata.LookupRange(deviceId, first, end, result);
+            _lock = rwLock;
+            rwLock.EnterReadLock();
         }
-        finally
-        {
-            _metadataLock.ExitReadLock();
-        }
+
+        public void Dispose() => _lock.ExitReadLock();
     }
 
     /// <summary>Runs a metadata mutation under the exclusive lock. A failure inside the metadata
