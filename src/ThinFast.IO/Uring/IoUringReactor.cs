@@ -65,6 +65,14 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     private int _sleeping;
     private volatile bool _stopping;
     private readonly Thread _thread;
+
+    // Set on each reactor's own thread, so code can refuse to block it.
+    [ThreadStatic]
+    private static bool t_isReactorThread;
+
+    /// <summary>True on any reactor's thread. Code that would wait synchronously for I/O
+    /// (closing a pool, say) checks this: on the reactor thread the wait could never end.</summary>
+    public static bool IsReactorThread => t_isReactorThread;
     private readonly int _threadId;
     private readonly long _spinTicks;
     private long _staleCompletions;
@@ -346,6 +354,7 @@ public sealed unsafe partial class IoUringReactor : IDisposable
 
     private void Run()
     {
+        t_isReactorThread = true;
         try
         {
             int enabled = _ring.EnableOnThisThread();
