@@ -305,6 +305,12 @@ public sealed partial class ThinVolume : IBlockVolume
         }
         if (_pool.Mode == PoolMode.ReadOnly)
             throw new BlockDeviceException(BlockError.IoError, $"volume '{Name}': pool is read-only, cannot provision block {block}");
+        // Provisioning takes the metadata lock exclusively, and a commit holds it for its whole
+        // metadata write: waiting for it on the io_uring reactor thread would stall every other
+        // request's completions. Continue on the thread pool (no allocation: the pooled state
+        // machine box is queued as it is).
+        if (ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
+            await Task.Yield();
 
         ulong newBlock = await _pool.AllocateDataBlockAsync();
         try

@@ -71,14 +71,18 @@ public sealed class EngineVsFio : IComparisonRun
         // Volume 'provisioned' was written first and sequentially, so its blocks are the first
         // originSize bytes of the data file: fio on that range is the same disk work.
         string dataPath = files.DataPath;
+        string freshPeer = Path.Combine(dir, "fresh-peer.img");
 
         var workloads = new[]
         {
             new Workload("origin-randread-4k-qd32", "origin", false, 4096, 32, Pattern.Random, basePath, "randread", 4096),
             new Workload("prov-randread-4k-qd32", "provisioned", false, 4096, 32, Pattern.Random, dataPath, "randread", 4096),
             new Workload("prov-randwrite-4k-qd32", "provisioned", true, 4096, 32, Pattern.Random, dataPath, "randwrite", 4096),
-            new Workload("first-write-64k-qd32", "fresh-whole", true, BlockSize, 32, Pattern.EachBlockOnce, dataPath, "randwrite", BlockSize, "peer: 64K random writes, no allocation"),
-            new Workload("first-write-4k-qd32", "fresh-partial", true, 4096, 32, Pattern.EachBlockOnce, dataPath, "randwrite", BlockSize, "peer: 64K random writes (each first write reads and writes 64K)"),
+            // First writes land in never-written (preallocated, unwritten) parts of the data file,
+            // where the file system converts extents on every write; the peer gets the same: a
+            // new file fio preallocates and writes once.
+            new Workload("first-write-64k-qd32", "fresh-whole", true, BlockSize, 32, Pattern.EachBlockOnce, freshPeer, "randwrite", BlockSize, "peer: 64K writes into a new preallocated file"),
+            new Workload("first-write-4k-qd32", "fresh-partial", true, 4096, 32, Pattern.EachBlockOnce, freshPeer, "randwrite", BlockSize, "peer: 64K writes into a new preallocated file (each first write reads and writes 64K)"),
             new Workload("origin-seqread-1m-qd8", "origin", false, 1 << 20, 8, Pattern.Sequential, basePath, "read", 1 << 20),
         };
 
@@ -88,6 +92,8 @@ public sealed class EngineVsFio : IComparisonRun
             if (only is not null && w.Name != only)
                 continue;
             var mine = await Run(pool.GetVolume(w.Volume), w, runtime, ramp, stopWhenDone: w.Pattern == Pattern.EachBlockOnce);
+            if (w.FioFile == freshPeer)
+                File.Delete(freshPeer);
             var peer = await FioRunner.RunAsync(w.FioFile, originSize, w.FioRw, w.FioBs, w.QueueDepth, runtime, ramp);
             Console.WriteLine($"{w.Name,-26} {mine.Iops,14:F0} {peer.Iops,10:F0} {mine.Iops / peer.Iops,6:F2} {mine.MiBs,8:F1} {mine.AllocPerIo,11:F3}  {w.Note}");
         }
