@@ -46,8 +46,7 @@ internal sealed class IoGate
         lock (_lock)
         {
             _closed = true;
-            while (_inFlight > 0)
-                Monitor.Wait(_lock);
+            WaitForDrain();
         }
     }
 
@@ -60,8 +59,7 @@ internal sealed class IoGate
         {
             _retiredReason = reason;
             _closed = true;
-            while (_inFlight > 0)
-                Monitor.Wait(_lock);
+            WaitForDrain();
             waiters = _waitingToEnter;
             _waitingToEnter = null;
         }
@@ -73,6 +71,18 @@ internal sealed class IoGate
             waiters.Fail(error);
             waiters = next;
         }
+    }
+
+    // Called with _lock held. Requests in flight may need the io_uring reactor to finish, so
+    // waiting for them on that thread could never end: refuse instead of hanging. (With nothing
+    // in flight, closing on the reactor thread is fine.)
+    private void WaitForDrain()
+    {
+        if (_inFlight > 0 && ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
+            throw new InvalidOperationException(
+                $"{_inFlight} requests are in flight and this is the io_uring reactor thread that must complete them: pause or close the volume from another thread");
+        while (_inFlight > 0)
+            Monitor.Wait(_lock);
     }
 
     /// <summary>Lets paused requests in again.</summary>

@@ -501,13 +501,9 @@ public sealed partial class ThinPool : IDisposable
     /// <summary>Mapped blocks of a volume (dm-thin's details.mapped_blocks).</summary>
     internal ulong MappedBlocks(uint deviceId) => ReadMetadata(m => m.GetDetails(deviceId).MappedBlocks);
 
-    /// <summary>Finishes in-flight requests, commits and closes the devices. Must not be called on
-    /// the io_uring reactor thread (after an await that completed there): closing waits for
-    /// requests and I/O that only that thread can complete.</summary>
+    /// <summary>Waits for in-flight requests, commits and closes the devices.</summary>
     public void Dispose()
     {
-        if (ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
-            throw new InvalidOperationException("ThinPool.Dispose called on the io_uring reactor thread, where its waits could never finish; close the pool from another thread (e.g. after `await Task.Yield()` on the thread pool)");
         lock (_adminLock)
         {
             if (_disposed)
