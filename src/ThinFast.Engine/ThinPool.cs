@@ -346,12 +346,17 @@ public sealed partial class ThinPool : IDisposable
     /// <summary>Runs a metadata mutation under the exclusive lock. A failure inside the metadata
     /// layer (I/O error, exhaustion, corruption) aborts the transaction and degrades the pool to
     /// read-only, as dm-thin does; argument errors from the caller do not.</summary>
-    private void MutateMetadata(Action<ThinMetadata> mutation)
+    private void MutateMetadata(Action<ThinMetadata> mutation) =>
+        MutateMetadata(mutation, static (m, action) => action(m));
+
+    /// <summary>The same, with the arguments passed as state so hot callers can use a static
+    /// lambda: a capturing one would allocate on every provisioning write.</summary>
+    private void MutateMetadata<TState>(TState state, Action<ThinMetadata, TState> mutation)
     {
         _metadataLock.EnterWriteLock();
         try
         {
-            mutation(_metadata);
+            mutation(_metadata, state);
             _dirty = true;
             _mappingChanges++;
         }
@@ -372,27 +377,8 @@ public sealed partial class ThinPool : IDisposable
         e is PoolException or ArgumentException or KeyNotFoundException
         || (e is InvalidOperationException && e is not MetadataSpaceExhaustedException);
 
-    // Written out rather than through MutateMetadata: a capturing lambda would allocate on every
-    // provisioning write.
-    internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock)
-    {
-        _metadataLock.EnterWriteLock();
-        try
-        {
-            _metadata.Insert(deviceId, virtualBlock, dataBlock);
-            _dirty = true;
-            _mappingChanges++;
-        }
-        catch (Exception e) when (!IsCallerError(e))
-        {
-            AbortAndDegrade(e);
-            throw;
-        }
-        finally
-        {
-            _metadataLock.ExitWriteLock();
-        }
-    }
+    internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
+        MutateMetadata((deviceId, virtualBlock, dataBlock), static (m, s) => m.Insert(s.deviceId, s.virtualBlock, s.dataBlock));
 
     /// <summary>Unmaps blocks [first, end) of a device; returns the data blocks nobody references
     /// any more (for discard passdown) into <paramref name="freed"/>.</summary>
@@ -437,7 +423,7 @@ public sealed partial class ThinPool : IDisposable
     {
         try
         {
-            MutateMetadata(m => m.ReleaseDataBlock(dataBlock));
+            MutateMetadata(dataBlock, static (m, block) => m.ReleaseDataBlock(block));
         }
         catch (Exception e)
         {
