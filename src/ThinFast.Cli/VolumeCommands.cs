@@ -95,21 +95,21 @@ internal static class VolumeCommands
         var md = offline.Metadata;
         long bs = md.DataBlockSizeSectors * 512L;
         var rows = new List<VolumeJson>();
+        // Sharing as thin_ls counts it: a data block mapped by more than one (device, block) pair.
+        // The data space map cannot say it: after a snapshot, blocks in shared B-tree leaves keep a
+        // reference count of 1 until one side copies the leaf.
         var ranges = new MappedRange[512];
+        var mappingsPerBlock = new Dictionary<ulong, int>();
+        foreach (ulong dev in md.DeviceIds)
+            ForEachMapped(md, dev, ranges, block => mappingsPerBlock[block] = mappingsPerBlock.GetValueOrDefault(block) + 1);
         foreach (var v in offline.Manifest.Volumes)
         {
-            ulong shared = 0, next = 0;
-            while (true)
+            ulong shared = 0;
+            ForEachMapped(md, v.DeviceId, ranges, block =>
             {
-                int n = md.LookupRange(v.DeviceId, next, ulong.MaxValue, ranges);
-                if (n == 0)
-                    break;
-                for (int i = 0; i < n; i++)
-                    for (ulong b = 0; b < ranges[i].Length; b++)
-                        if (md.GetDataBlockRefCount(ranges[i].DataBlock + b) > 1)
-                            shared++;
-                next = ranges[n - 1].VirtualBlock + ranges[n - 1].Length;
-            }
+                if (mappingsPerBlock[block] > 1)
+                    shared++;
+            });
             rows.Add(new VolumeJson
             {
                 Name = v.Name,
@@ -140,5 +140,20 @@ internal static class VolumeCommands
             return "origin does not exist";
         long length = new FileInfo(v.OriginPath).Length;
         return v.OriginSize is { } expected && expected != length ? $"origin changed size from {expected} to {length} bytes" : null;
+    }
+
+    private static void ForEachMapped(ThinMetadata md, ulong deviceId, MappedRange[] ranges, Action<ulong> dataBlock)
+    {
+        ulong next = 0;
+        while (true)
+        {
+            int n = md.LookupRange(deviceId, next, ulong.MaxValue, ranges);
+            if (n == 0)
+                return;
+            for (int i = 0; i < n; i++)
+                for (ulong b = 0; b < ranges[i].Length; b++)
+                    dataBlock(ranges[i].DataBlock + b);
+            next = ranges[n - 1].VirtualBlock + ranges[n - 1].Length;
+        }
     }
 }
