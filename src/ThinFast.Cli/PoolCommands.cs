@@ -327,26 +327,15 @@ internal static class PoolCommands
         w.WriteLine($"transaction {md.TransactionId}, time {md.Time}, version {md.Version}, block size {Sizes.Format(bs)}, " +
             $"data {md.DataBlockCount - md.FreeDataBlocks}/{md.DataBlockCount} blocks used, metadata {md.MetadataBlockCount - md.FreeMetadataBlocks}/{md.MetadataBlockCount} blocks used{(md.NeedsCheck ? ", needs_check" : "")}");
         var ranges = new MappedRange[512];
+        var mappingsPerBlock = Sharing.MappingsPerDataBlock(md);
         foreach (ulong id in md.DeviceIds)
         {
             var d = md.GetDetails(id);
             w.WriteLine();
             w.WriteLine($"device {id}: {d.MappedBlocks} mapped blocks ({Sizes.Format((long)d.MappedBlocks * bs)}), transaction {d.TransactionId}, created at time {d.CreationTime}, snapshotted at time {d.SnapshottedTime}");
-            w.WriteLine($"  {"virtual block",15} {"data block",15} {"length",10} {"time",8} {"shared",6}");
-            ulong next = 0;
-            while (true)
-            {
-                int n = md.LookupRange(id, next, ulong.MaxValue, ranges);
-                if (n == 0)
-                    break;
-                for (int i = 0; i < n; i++)
-                {
-                    var r = ranges[i];
-                    bool shared = md.GetDataBlockRefCount(r.DataBlock) > 1;
-                    w.WriteLine($"  {r.VirtualBlock,15} {r.DataBlock,15} {r.Length,10} {r.Time,8} {(shared ? "yes" : "no"),6}");
-                }
-                next = ranges[n - 1].VirtualBlock + ranges[n - 1].Length;
-            }
+            w.WriteLine($"  {"virtual block",15} {"data block",15} {"length",10} {"time",8} {"shared",8}");
+            Sharing.ForEachRange(md, id, ranges, r =>
+                w.WriteLine($"  {r.VirtualBlock,15} {r.DataBlock,15} {r.Length,10} {r.Time,8} {Sharing.SharedBlocks(mappingsPerBlock, r),8}"));
         }
     }
 

@@ -95,21 +95,12 @@ internal static class VolumeCommands
         var md = offline.Metadata;
         long bs = md.DataBlockSizeSectors * 512L;
         var rows = new List<VolumeJson>();
-        // Sharing as thin_ls counts it: a data block mapped by more than one (device, block) pair.
-        // The data space map cannot say it: after a snapshot, blocks in shared B-tree leaves keep a
-        // reference count of 1 until one side copies the leaf.
+        var mappingsPerBlock = Sharing.MappingsPerDataBlock(md);
         var ranges = new MappedRange[512];
-        var mappingsPerBlock = new Dictionary<ulong, int>();
-        foreach (ulong dev in md.DeviceIds)
-            ForEachMapped(md, dev, ranges, block => mappingsPerBlock[block] = mappingsPerBlock.GetValueOrDefault(block) + 1);
         foreach (var v in offline.Manifest.Volumes)
         {
             ulong shared = 0;
-            ForEachMapped(md, v.DeviceId, ranges, block =>
-            {
-                if (mappingsPerBlock[block] > 1)
-                    shared++;
-            });
+            Sharing.ForEachRange(md, v.DeviceId, ranges, r => shared += Sharing.SharedBlocks(mappingsPerBlock, r));
             rows.Add(new VolumeJson
             {
                 Name = v.Name,
@@ -142,18 +133,4 @@ internal static class VolumeCommands
         return v.OriginSize is { } expected && expected != length ? $"origin changed size from {expected} to {length} bytes" : null;
     }
 
-    private static void ForEachMapped(ThinMetadata md, ulong deviceId, MappedRange[] ranges, Action<ulong> dataBlock)
-    {
-        ulong next = 0;
-        while (true)
-        {
-            int n = md.LookupRange(deviceId, next, ulong.MaxValue, ranges);
-            if (n == 0)
-                return;
-            for (int i = 0; i < n; i++)
-                for (ulong b = 0; b < ranges[i].Length; b++)
-                    dataBlock(ranges[i].DataBlock + b);
-            next = ranges[n - 1].VirtualBlock + ranges[n - 1].Length;
-        }
-    }
 }
