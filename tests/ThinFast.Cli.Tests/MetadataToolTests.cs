@@ -165,43 +165,13 @@ public sealed class MetadataToolTests
                 return "superblock 0: bad checksum";
             }
             case Damage.LeakedDataBlock:
-            {
                 // A data block no mapping uses, marked in use in its bitmap with a valid checksum:
                 // only a recount finds this.
-                ulong index = sb.DataSpaceMap.BitmapRoot;
-                var indexNode = ReadBlock(f, index);
-                while (!Node.IsLeaf(indexNode))
-                    indexNode = ReadBlock(f, index = Node.Value64(indexNode, 0));
-                ulong bitmapBlock = IndexEntry.Read(Node.Value(indexNode, 0)).BlockNumber;
-                var bitmap = ReadBlock(f, bitmapBlock);
-                int data = 0;
-                while (MetadataFormat.ReadBitmapEntry(bitmap, data) != 0)
-                    data++;
-                Assert.True((ulong)data < sb.DataSpaceMap.NrBlocks, "x2 has no free data block in its first bitmap");
-                MetadataFormat.WriteBitmapEntry(bitmap, data, 1);
-                MetadataFormat.Seal(bitmap, bitmapBlock, MetadataFormat.BitmapSalt);
-                WriteBlock(f, bitmapBlock, bitmap);
-                return $"data block {data}: space map says 1 references, the mappings hold 0";
-            }
+                return $"data block {RecountDataBitmapEntry(f, sb, from: 0, to: 1)}: space map says 1 references, the mappings hold 0";
             case Damage.UnderCountedDataBlock:
-            {
                 // A data block two mappings share, its bitmap saying one: freeing one mapping would
                 // free the block under the other.
-                ulong index = sb.DataSpaceMap.BitmapRoot;
-                var indexNode = ReadBlock(f, index);
-                while (!Node.IsLeaf(indexNode))
-                    indexNode = ReadBlock(f, index = Node.Value64(indexNode, 0));
-                ulong bitmapBlock = IndexEntry.Read(Node.Value(indexNode, 0)).BlockNumber;
-                var bitmap = ReadBlock(f, bitmapBlock);
-                int data = 0;
-                while (MetadataFormat.ReadBitmapEntry(bitmap, data) != 2)
-                    data++;
-                Assert.True((ulong)data < sb.DataSpaceMap.NrBlocks, "x2 has no data block with count 2 in its first bitmap");
-                MetadataFormat.WriteBitmapEntry(bitmap, data, 1);
-                MetadataFormat.Seal(bitmap, bitmapBlock, MetadataFormat.BitmapSalt);
-                WriteBlock(f, bitmapBlock, bitmap);
-                return $"data block {data}: space map says 1 references, the mappings hold 2";
-            }
+                return $"data block {RecountDataBitmapEntry(f, sb, from: 2, to: 1)}: space map says 1 references, the mappings hold 2";
             case Damage.LeakedMetadataBlock:
             {
                 // The last metadata block marked in use though nothing references it.
@@ -218,6 +188,26 @@ public sealed class MetadataToolTests
             default:
                 throw new ArgumentOutOfRangeException(nameof(damage));
         }
+    }
+
+    /// <summary>Finds the first data block whose count in the first data bitmap is
+    /// <paramref name="from"/>, sets it to <paramref name="to"/> and reseals the bitmap.</summary>
+    private static int RecountDataBitmapEntry(FileStream f, Superblock sb, uint from, uint to)
+    {
+        ulong index = sb.DataSpaceMap.BitmapRoot;
+        var indexNode = ReadBlock(f, index);
+        while (!Node.IsLeaf(indexNode))
+            indexNode = ReadBlock(f, index = Node.Value64(indexNode, 0));
+        ulong bitmapBlock = IndexEntry.Read(Node.Value(indexNode, 0)).BlockNumber;
+        var bitmap = ReadBlock(f, bitmapBlock);
+        int data = 0;
+        while ((ulong)data < sb.DataSpaceMap.NrBlocks && MetadataFormat.ReadBitmapEntry(bitmap, data) != from)
+            data++;
+        Assert.True((ulong)data < sb.DataSpaceMap.NrBlocks, $"x2 has no data block with count {from} in its first bitmap");
+        MetadataFormat.WriteBitmapEntry(bitmap, data, to);
+        MetadataFormat.Seal(bitmap, bitmapBlock, MetadataFormat.BitmapSalt);
+        WriteBlock(f, bitmapBlock, bitmap);
+        return data;
     }
 
     private static byte[] ReadBlock(FileStream f, ulong block)
