@@ -53,6 +53,7 @@ public sealed class DeviceVsFio : IComparisonRun
         TimeSpan? spin = null;
         string? only = null;
         bool registered = true;
+        uint submitBatch = IoUringReactor.DefaultSubmitBatch;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -65,9 +66,10 @@ public sealed class DeviceVsFio : IComparisonRun
                 case "--keep": keep = true; break;
                 case "--only": only = args[++i]; break;
                 case "--plain-buffers": registered = false; break;
+                case "--submit-batch": submitBatch = uint.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--spin-us": spin = TimeSpan.FromMicroseconds(double.Parse(args[++i], CultureInfo.InvariantCulture)); break;
                 default:
-                    Console.Error.WriteLine($"unknown argument '{args[i]}'; usage: device-vs-fio [--file PATH] [--size-mib N] [--runtime S] [--ramp S] [--repeat N] [--keep] [--spin-us N] [--only WORKLOAD] [--plain-buffers]");
+                    Console.Error.WriteLine($"unknown argument '{args[i]}'; usage: device-vs-fio [--file PATH] [--size-mib N] [--runtime S] [--ramp S] [--repeat N] [--keep] [--spin-us N] [--only WORKLOAD] [--plain-buffers] [--submit-batch N]");
                     return 2;
             }
         }
@@ -79,7 +81,7 @@ public sealed class DeviceVsFio : IComparisonRun
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         bool created = await PrepareAsync(file, size);
 
-        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, {(IoUringReactor.Shared.DefersTaskRun ? "single-issuer DEFER_TASKRUN ring" : "plain ring")}, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
+        Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, submit batch {submitBatch}, {(IoUringReactor.Shared.DefersTaskRun ? "single-issuer DEFER_TASKRUN ring" : "plain ring")}, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
         Console.WriteLine($"{"workload",-18} {"engine",-9} {"IOPS",10} {"MiB/s",9} {"CPU us/IO",10} {"alloc B/IO",11}");
         var summary = new List<string>();
         foreach (var w in Workloads)
@@ -92,7 +94,7 @@ public sealed class DeviceVsFio : IComparisonRun
                 var figures = await FioRunner.RunAsync(file, size, w.FioRw, w.BlockSize, w.QueueDepth, runtime, ramp);
                 var f = new Result(figures.Iops, figures.MiBs, figures.CpuUsPerIo, double.NaN);
                 Print(w, "fio", f);
-                var t = RunThinFast(file, w, runtime, ramp, spin, registered);
+                var t = RunThinFast(file, w, runtime, ramp, spin, submitBatch, registered);
                 Print(w, "ThinFast", t);
                 pairs.Add((f, t));
             }
@@ -123,11 +125,11 @@ public sealed class DeviceVsFio : IComparisonRun
         return true;
     }
 
-    private static Result RunThinFast(string file, Workload w, int runtime, int ramp, TimeSpan? spin, bool registered)
+    private static Result RunThinFast(string file, Workload w, int runtime, int ramp, TimeSpan? spin, uint submitBatch, bool registered)
     {
         // Declared before the reactor so it is freed after the ring (and its fixed-buffer table) is gone.
         using var pool = new AlignedBufferPool(w.BlockSize, w.QueueDepth);
-        if (!IoUringReactor.TryCreate(out var reactor, out string? why, entries: 256, spin: spin))
+        if (!IoUringReactor.TryCreate(out var reactor, out string? why, entries: 256, spin: spin, submitBatch: submitBatch))
             throw new InvalidOperationException("io_uring unavailable: " + why);
         using var _ = reactor;
         if (registered)

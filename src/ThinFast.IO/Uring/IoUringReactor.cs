@@ -75,14 +75,16 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     public static bool IsReactorThread => t_isReactorThread;
     private readonly int _threadId;
     private readonly long _spinTicks;
+    private readonly uint _submitBatch;
     private long _staleCompletions;
 
     private readonly ulong[] _reapUserData;
     private readonly int[] _reapResults;
     private readonly IoUringOperation?[] _reapOps;
 
-    private IoUringReactor(IoUringRing ring, FileDescriptorHandle eventFd, TimeSpan spin)
+    private IoUringReactor(IoUringRing ring, FileDescriptorHandle eventFd, TimeSpan spin, uint submitBatch)
     {
+        _submitBatch = Math.Max(1, submitBatch);
         _ring = ring;
         _eventFd = eventFd;
         _eventBuffer = (ulong*)NativeMemory.AlignedAlloc(sizeof(ulong), sizeof(ulong));
@@ -118,6 +120,18 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     /// costs more). So: no spin up to 2 CPUs, a short one above.
     /// </summary>
     public static readonly TimeSpan DefaultSpin = Environment.ProcessorCount > 2 ? TimeSpan.FromMicroseconds(20) : TimeSpan.Zero;
+
+    /// <summary>
+    /// While the reactor runs a round of completions, the requests their continuations queue are
+    /// submitted once this many have gathered (and the rest after the round), instead of all in one
+    /// io_uring_enter after the round. A round can reap 32 completions; holding the first new
+    /// request until the 32nd continuation has run keeps the device's queue shallower than the
+    /// caller's depth. device-vs-fio, 4 KiB randread QD32 on a virtio disk, ratio to fio: 0.84 with
+    /// one submit per round, 0.97-0.99 submitting each request at once (fio's own pattern: one
+    /// io_uring_enter per request), 0.96-1.10 at 4, which needs fewer syscalls (3.5-4.1 CPU-us per
+    /// I/O against 4.7-5.1 at 1).
+    /// </summary>
+    public const uint DefaultSubmitBatch = 4;
 
     /// <summary>CQEs whose generation no longer matched their slot (should stay 0).</summary>
     public long StaleCompletions => Interlocked.Read(ref _staleCompletions);
@@ -156,7 +170,7 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     /// <summary>Sets up a ring and starts its thread. False (with the reason) when io_uring cannot
     /// be used here: old kernel, io_uring disabled by sysctl, or forbidden by a seccomp filter.</summary>
     public static bool TryCreate([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out IoUringReactor? reactor, out string? error,
-        uint entries = DefaultEntries, TimeSpan? spin = null)
+        uint entries = DefaultEntries, TimeSpan? spin = null, uint submitBatch = DefaultSubmitBatch)
     {
         reactor = null;
         if (IoUringRing.TryCreate(entries, out var ring, out error) < 0)
@@ -168,7 +182,7 @@ public sealed unsafe partial class IoUringReactor : IDisposable
             error = "eventfd failed: " + Errno.Describe(efd);
             return false;
         }
-        reactor = new IoUringReactor(ring!, new FileDescriptorHandle(efd), spin ?? DefaultSpin);
+        reactor = new IoUringReactor(ring!, new FileDescriptorHandle(efd), spin ?? DefaultSpin, submitBatch);
         return true;
     }
 
@@ -494,6 +508,10 @@ public sealed unsafe partial class IoUringReactor : IDisposable
             {
                 _reapOps[i] = null;
                 op.OnCompletion(_reapResults[i]);
+                // Requests queued by continuations go to the kernel a few at a time rather than
+                // all after the last continuation: see DefaultSubmitBatch.
+                if (_unsubmitted >= _submitBatch)
+                    SubmitPending(wait: false);
             }
         }
         return n;
