@@ -156,7 +156,7 @@ internal static class ServeCommand
                         running._signal.TrySetResult();
                     }));
                 Log($"serving {string.Join(", ", exports.Select(e => e.Name))} (default {exports[0].Name}{(readOnly ? ", read-only" : "")})" +
-                    $"{(socket is null ? "" : $" on unix:{socket}")}{(running.TcpEndpoint is null ? "" : $" on tcp:{running.TcpEndpoint}")}");
+                    $"{(socket is null ? "" : $" on unix:{socket}")}{(running.TcpEndpoint is null ? "" : $" on tcp:{running.TcpEndpoint}")} via {server.TransportDescription}");
                 return running;
             }
             catch

@@ -17,6 +17,7 @@ internal sealed partial class NbdConnection
 
     private readonly NbdServer _server;
     private readonly Socket _socket;
+    private readonly NbdTransport _transport;
     private readonly NbdServerOptions _options;
     // Pinned so receiving into it needs no per-call pinning of a movable array.
     private readonly byte[] _rx = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize, pinned: true);
@@ -36,7 +37,7 @@ internal sealed partial class NbdConnection
     private NbdRequest[] _freeSlots = [];
     private int _freeCount;
     private bool _readerWaitingForSlot;
-    private readonly AsyncSignal _slotFreed = new();
+    private readonly AsyncSignal _slotFreed;
 
     // Replies leave through one "sender" at a time (the slot holding the role). Small replies that
     // arrive while someone is sending are copied into the pending buffer and go out with the
@@ -66,6 +67,8 @@ internal sealed partial class NbdConnection
         _server = server;
         _socket = socket;
         _options = server.Options;
+        _transport = server.CreateTransport(socket);
+        _slotFreed = new AsyncSignal(inline: _transport.RunsOnReactor);
         _handshakeDeadline = Environment.TickCount64 + (long)_options.HandshakeTimeout.TotalMilliseconds;
     }
 
@@ -86,14 +89,17 @@ internal sealed partial class NbdConnection
         if (reason is null)
             return;
         _server.Log($"nbd: dropping client: {reason}");
-        _broken = true;
-        // Closing (not just shutting down) aborts the stuck receive or send at once.
-        _socket.Dispose();
+        // Shutting down ends a receive or send stuck in the kernel, on io_uring too; the
+        // connection's own task closes the socket once its requests have let go of it. Closing it
+        // here could not work: Socket.Dispose spins until no request holds the handle, and an
+        // io_uring request only lets go when the reactor runs its completion, which may be
+        // waiting for the lock this runs under.
+        MarkBroken();
     }
 
     internal NbdServer Server => _server;
 
-    internal Socket Socket => _socket;
+    internal NbdTransport Transport => _transport;
 
     internal NbdExport Export => _export;
 
@@ -143,7 +149,7 @@ internal sealed partial class NbdConnection
         var loops = new Task[n];
         for (int i = 0; i < n; i++)
         {
-            _slots[i] = new NbdRequest(this);
+            _slots[i] = new NbdRequest(this, inline: _transport.RunsOnReactor);
             _freeSlots[i] = _slots[i];
             loops[i] = _slots[i].RunAsync();
         }
@@ -178,7 +184,7 @@ internal sealed partial class NbdConnection
             while (_rxEnd - _rxStart < NbdProtocol.RequestHeaderSize)
             {
                 CompactReceiveBuffer();
-                int got = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None).ConfigureAwait(false);
+                int got = await _transport.ReceiveAsync(_rx.AsMemory(_rxEnd)).ConfigureAwait(false);
                 if (got == 0)
                 {
                     if (_rxEnd == _rxStart)
@@ -222,7 +228,7 @@ internal sealed partial class NbdConnection
                     // The rest goes straight from the socket into the payload buffer.
                     while (!destination.IsEmpty)
                     {
-                        int got = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
+                        int got = await _transport.ReceiveAsync(destination).ConfigureAwait(false);
                         if (got == 0)
                         {
                             AbandonSlot(slot);
@@ -240,7 +246,7 @@ internal sealed partial class NbdConnection
                         if (_rxStart == _rxEnd)
                         {
                             _rxStart = _rxEnd = 0;
-                            int got = await _socket.ReceiveAsync(_rx.AsMemory(), SocketFlags.None).ConfigureAwait(false);
+                            int got = await _transport.ReceiveAsync(_rx.AsMemory()).ConfigureAwait(false);
                             if (got == 0)
                             {
                                 AbandonSlot(slot);
@@ -468,13 +474,13 @@ internal sealed partial class NbdConnection
 
     // ---- socket I/O ---------------------------------------------------------------------------
 
-    // Socket helpers for the handshake only; the request path awaits the socket directly.
+    // Helpers for the handshake only; the request path awaits the transport directly.
 
     private async ValueTask SendAsync(ReadOnlyMemory<byte> data)
     {
         while (!data.IsEmpty)
         {
-            int sent = await _socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false);
+            int sent = await _transport.SendAsync(data).ConfigureAwait(false);
             data = data[sent..];
         }
     }
@@ -486,7 +492,7 @@ internal sealed partial class NbdConnection
         CompactReceiveBuffer();
         while (_rxEnd < count)
         {
-            int got = await _socket.ReceiveAsync(_rx.AsMemory(_rxEnd), SocketFlags.None).ConfigureAwait(false);
+            int got = await _transport.ReceiveAsync(_rx.AsMemory(_rxEnd)).ConfigureAwait(false);
             if (got == 0)
             {
                 if (_rxEnd == 0)
@@ -506,7 +512,7 @@ internal sealed partial class NbdConnection
         destination = destination[buffered..];
         while (!destination.IsEmpty)
         {
-            int got = await _socket.ReceiveAsync(destination, SocketFlags.None).ConfigureAwait(false);
+            int got = await _transport.ReceiveAsync(destination).ConfigureAwait(false);
             if (got == 0)
                 return false;
             destination = destination[got..];

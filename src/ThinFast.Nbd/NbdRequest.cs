@@ -19,7 +19,7 @@ internal sealed class NbdRequest
     private const int HoleCheckMinimum = 64 * 1024;
 
     private readonly NbdConnection _connection;
-    private readonly AsyncSignal _work = new();
+    private readonly AsyncSignal _work;
     private readonly VolumeExtent[] _extents = new VolumeExtent[MaxExtents];
     // Replies without data (status, errors, block status) are built here; pinned so sends need no
     // per-call pinning.
@@ -35,10 +35,17 @@ internal sealed class NbdRequest
     private NbdError _presetError;
     private ErrorText _presetMessage;
 
-    public NbdRequest(NbdConnection connection) => _connection = connection;
+    /// <param name="inline">Run this slot's code on the thread that hands it work or the send
+    /// role (the reactor, with an io_uring transport) instead of the thread pool.</param>
+    public NbdRequest(NbdConnection connection, bool inline)
+    {
+        _connection = connection;
+        _work = new AsyncSignal(inline);
+        SendGranted = new AsyncSignal(inline);
+    }
 
     /// <summary>Signalled when this slot becomes the connection's sender.</summary>
-    public AsyncSignal SendGranted { get; } = new();
+    public AsyncSignal SendGranted { get; }
 
     /// <summary>The WRITE payload (received by the reader) or the READ buffer.</summary>
     public NativeBuffer? Payload { get; set; }
@@ -67,7 +74,7 @@ internal sealed class NbdRequest
     /// state machine once, while nested ones would need a box per suspension.</summary>
     public async Task RunAsync()
     {
-        var socket = _connection.Socket;
+        var transport = _connection.Transport;
         var pool = _connection.Server.Buffers;
         while (true)
         {
@@ -154,7 +161,7 @@ internal sealed class NbdRequest
                             _connection.SendStarting();
                             while (!reply.IsEmpty)
                             {
-                                int sent = await socket.SendAsync(reply, System.Net.Sockets.SocketFlags.None).ConfigureAwait(false);
+                                int sent = await transport.SendAsync(reply).ConfigureAwait(false);
                                 reply = reply[sent..];
                             }
                             _connection.SendFinished();

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using ThinFast.IO.Uring;
 
 namespace ThinFast.Nbd;
 
@@ -17,6 +18,7 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly Dictionary<NbdConnection, Task> _connections = [];
     private readonly Action<string>? _log;
     private readonly Timer _watchdog;
+    private readonly IoUringReactor? _reactor;
     private volatile bool _stopping;
     private Task? _stopped;
 
@@ -35,10 +37,42 @@ public sealed class NbdServer : IAsyncDisposable
         if (Options.DefaultExport is { } name && !_exports.ContainsKey(name))
             throw new ArgumentException($"default export '{name}' is not one of the exports", nameof(options));
         _log = log;
+        _reactor = ChooseReactor(Options, out string transport);
+        TransportDescription = transport;
         Buffers = new PayloadBufferPool(Options.BufferTiers);
         var period = TimeSpan.FromMilliseconds(Math.Clamp(Math.Min(Options.HandshakeTimeout.TotalMilliseconds, Options.SendTimeout.TotalMilliseconds) / 4, 50, 1000));
         _watchdog = new Timer(static state => ((NbdServer)state!).CheckTimeouts(), this, period, period);
     }
+
+    private IoUringReactor? ChooseReactor(NbdServerOptions options, out string description)
+    {
+        if (options.Transport == NbdTransportMode.Sockets)
+        {
+            description = ".NET sockets (chosen)";
+            return null;
+        }
+        if (options.Reactor is { } given)
+        {
+            description = "io_uring (the given reactor)";
+            return given;
+        }
+        if (IoUringReactor.TryGetShared(out var shared, out string? error))
+        {
+            description = "io_uring (the shared reactor)";
+            return shared;
+        }
+        if (options.Transport == NbdTransportMode.IoUring)
+            throw new NotSupportedException("NBD over io_uring was asked for but io_uring is unavailable: " + error);
+        description = ".NET sockets (io_uring unavailable: " + error + ")";
+        Log("nbd: serving with " + description);
+        return null;
+    }
+
+    /// <summary>Which I/O path connections take, and why.</summary>
+    public string TransportDescription { get; }
+
+    internal NbdTransport CreateTransport(Socket socket) =>
+        _reactor is null ? new SocketTransport(socket) : new UringTransport(new IoUringSocket(socket.SafeHandle, _reactor, "nbd client"));
 
     private void CheckTimeouts()
     {

@@ -1,4 +1,5 @@
 using ThinFast.IO;
+using ThinFast.IO.Uring;
 
 namespace ThinFast.Nbd;
 
@@ -25,6 +26,19 @@ public sealed class NbdExport
     public bool ReadOnly { get; }
 
     public string? Description { get; }
+}
+
+/// <summary>Which I/O path an <see cref="NbdServer"/>'s connections take.</summary>
+public enum NbdTransportMode
+{
+    /// <summary>io_uring when a reactor can be had, else .NET sockets (the reason is logged).</summary>
+    Auto,
+    /// <summary>io_uring or fail: receives and sends go through the reactor ring, and each
+    /// request is parsed, served and answered on the reactor thread.</summary>
+    IoUring,
+    /// <summary>.NET sockets (epoll on Linux, IOCP on Windows); requests are served on the
+    /// thread pool.</summary>
+    Sockets,
 }
 
 /// <summary>Limits and buffer sizing of an <see cref="NbdServer"/>.</summary>
@@ -65,6 +79,14 @@ public sealed record NbdServerOptions
 
     /// <summary>Answer NBD_OPT_LIST with the export names (else NBD_REP_ERR_POLICY).</summary>
     public bool AllowList { get; init; } = true;
+
+    /// <summary>How connections send and receive.</summary>
+    public NbdTransportMode Transport { get; init; } = NbdTransportMode.Auto;
+
+    /// <summary>The reactor io_uring connections use; null means the process-wide shared one,
+    /// which is also what pool devices use unless given their own, so by default a request's
+    /// network and disk I/O go through one ring on one thread.</summary>
+    public IoUringReactor? Reactor { get; init; }
 
     internal void Validate()
     {

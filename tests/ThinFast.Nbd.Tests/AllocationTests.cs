@@ -19,10 +19,12 @@ public class AllocationTests(ITestOutputHelper output)
     private const int QueueDepth = 8;
     private const int IoSize = 4096;
 
-    [Fact]
-    public async Task RequestsAllocateNothingInSteadyState()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task RequestsAllocateNothingInSteadyState(NbdTransportMode transport)
     {
-        await using var h = ServerHarness.Start(size: 16L * 1024 * 1024);
+        await using var h = ServerHarness.Start(size: 16L * 1024 * 1024, options: ServerHarness.Using(transport));
         // Allocate every unit first so the volume itself does not allocate during the run.
         await h.Volume.WriteAsync(0, new byte[16 * 1024 * 1024]);
 

@@ -31,10 +31,12 @@ public class BulkAndConcurrencyTests
         Assert.True(source.AsSpan().SequenceEqual(copy), Tool.Describe(source, copy));
     }
 
-    [Fact]
-    public async Task FioRandomWritesVerifyOverTwoConnections()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task FioRandomWritesVerifyOverTwoConnections(NbdTransportMode transport)
     {
-        await using var h = ServerHarness.Start();
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(transport));
         var result = await Tool.RunAsync("fio",
         [
             "--name=verify", "--ioengine=nbd", $"--uri={h.TcpUri()}", "--rw=randwrite",
@@ -93,10 +95,12 @@ public class BulkAndConcurrencyTests
         Tool.AssertFilled(durable, 2 << 20, 65536, 0);
     }
 
-    [Fact]
-    public async Task StopFinishesInFlightRequestsThenFlushesAndRefusesNewClients()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task StopFinishesInFlightRequestsThenFlushesAndRefusesNewClients(NbdTransportMode transport)
     {
-        var h = ServerHarness.Start();
+        var h = ServerHarness.Start(options: ServerHarness.Using(transport));
         try
         {
             h.Volume.OperationDelay = TimeSpan.FromMilliseconds(500);

@@ -62,10 +62,12 @@ public class EdgeCaseTests
             return error
         """;
 
-    [Fact]
-    public async Task BadRequestsGetTheSpecifiedErrorsAndTheConnectionSurvives()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task BadRequestsGetTheSpecifiedErrorsAndTheConnectionSurvives(NbdTransportMode transport)
     {
-        await using var h = ServerHarness.Start();
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(transport));
         var script = RawClient + $$"""
 
             h.set_strict_mode(0)
@@ -120,10 +122,12 @@ public class EdgeCaseTests
         Assert.Equal(0, image[^1]);
     }
 
-    [Fact]
-    public async Task BrokenClientsAreDroppedWithoutDisturbingAnotherClient()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task BrokenClientsAreDroppedWithoutDisturbingAnotherClient(NbdTransportMode transport)
     {
-        await using var h = ServerHarness.Start();
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(transport));
         var script = RawClient + $$"""
 
             path = '{{h.SocketPath}}'
@@ -239,10 +243,12 @@ public class EdgeCaseTests
         await WaitUntilAsync(() => h.Server.ConnectionCount == 0);
     }
 
-    [Fact]
-    public async Task ClientsThatStallOrHoardAreDroppedAndTheLimitIsEnforced()
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task ClientsThatStallOrHoardAreDroppedAndTheLimitIsEnforced(NbdTransportMode transport)
     {
-        await using var h = ServerHarness.Start(options: ServerHarness.TestOptions with
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(transport) with
         {
             MaxConnections = 3,
             HandshakeTimeout = TimeSpan.FromSeconds(1),

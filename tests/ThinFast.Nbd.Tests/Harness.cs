@@ -16,6 +16,9 @@ public sealed class ServerHarness : IAsyncDisposable
         BufferTiers = [(128 * 1024, 64), (2 * 1024 * 1024, 8), (32 * 1024 * 1024, 1)],
     };
 
+    /// <summary>The test options with connections on the given transport.</summary>
+    public static NbdServerOptions Using(NbdTransportMode transport) => TestOptions with { Transport = transport };
+
     private readonly List<string> _log = [];
 
     private ServerHarness(NbdServer server, MemoryVolume volume, string directory, string socketPath, IPEndPoint tcp)

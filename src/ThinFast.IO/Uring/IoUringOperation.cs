@@ -6,19 +6,20 @@ using ThinFast.Interop;
 namespace ThinFast.IO.Uring;
 
 /// <summary>
-/// One block request in flight: the parameters of its SQE, the progress of a transfer that may be
-/// split by short reads/writes, and the awaitable that completes it. Pooled by the reactor, so a
+/// One request in flight: the parameters of its SQE, the progress of a transfer that may be split
+/// by short reads/writes/sends, and the awaitable that completes it. Pooled by the reactor, so a
 /// steady-state I/O allocates nothing: the ValueTask handed out wraps this object, and
-/// <see cref="GetResult"/> returns it to the pool.
+/// GetResult returns it to the pool. Block requests complete whole or fail; a socket receive
+/// completes with what arrived (0 at end of stream), a send with everything sent.
 /// </summary>
-internal sealed unsafe class IoUringOperation : IValueTaskSource
+internal sealed unsafe class IoUringOperation : IValueTaskSource, IValueTaskSource<int>
 {
     // EAGAIN/EINTR in a CQE are transient; a request that keeps getting them is failed rather than
     // spun forever.
     private const int MaxTransientRetries = 1000;
 
     private readonly IoUringReactor _reactor;
-    private ManualResetValueTaskSourceCore<bool> _core;
+    private ManualResetValueTaskSourceCore<int> _core;
     private string _deviceName = "";
     private byte _opcode;
     private int _fd;
@@ -31,6 +32,9 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
     private MemoryHandle _pin;
     private bool _pinned;
     private int _retries;
+    // A socket request holds a reference on the socket's handle from submission to completion, so
+    // a concurrent close cannot free the fd number while the kernel may still be given it.
+    private SafeHandle? _socketHandle;
 
     /// <summary>Intrusive link for the reactor's queue of requests waiting for a slot.</summary>
     internal IoUringOperation? NextWaiting;
@@ -44,6 +48,8 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
     }
 
     public ValueTask AsValueTask() => new(this, _core.Version);
+
+    public ValueTask<int> AsValueTaskOfInt() => new(this, _core.Version);
 
     public void PrepareTransfer(string deviceName, int fd, bool write, long offset, Memory<byte> memory, uint rwFlags)
     {
@@ -63,6 +69,21 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
             _buffer = (byte*)_pin.Pointer;
         }
         _opFlags = rwFlags;
+    }
+
+    /// <summary>A RECV (whatever arrives, up to the buffer) or a SEND (all of it) on a connected
+    /// stream socket. The caller has added a reference to <paramref name="handle"/>; completion
+    /// releases it.</summary>
+    public void PrepareSocket(string name, SafeHandle handle, bool send, ReadOnlyMemory<byte> memory)
+    {
+        Init(name, (int)handle.DangerousGetHandle(), 0, memory.Length);
+        _socketHandle = handle;
+        _opcode = send ? IoUring.IORING_OP_SEND : IoUring.IORING_OP_RECV;
+        _pin = memory.Pin();
+        _pinned = true;
+        _buffer = (byte*)_pin.Pointer;
+        // NOSIGNAL: a peer that went away fails the send with EPIPE instead of signalling the process.
+        _opFlags = send ? IoUring.MSG_NOSIGNAL : 0;
     }
 
     public void PrepareFsync(string deviceName, int fd)
@@ -91,8 +112,9 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
         _opFlags = 0;
     }
 
+    /// <summary>Requests that must move every byte (a short one is continued where it stopped).</summary>
     private bool IsTransfer => _opcode is IoUring.IORING_OP_READ or IoUring.IORING_OP_WRITE
-        or IoUring.IORING_OP_READ_FIXED or IoUring.IORING_OP_WRITE_FIXED;
+        or IoUring.IORING_OP_READ_FIXED or IoUring.IORING_OP_WRITE_FIXED or IoUring.IORING_OP_SEND;
 
     /// <summary>Writes every SQE field this request needs; the ring hands out zeroed SQEs, so the
     /// rest (flags, ioprio, personality, splice_fd_in, addr3) stay 0 for every opcode used here.</summary>
@@ -111,6 +133,12 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
                 sqe->Off = (ulong)_offset;
                 sqe->Addr = (ulong)_length;
                 sqe->Len = Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE;
+                break;
+            case IoUring.IORING_OP_SEND:
+            case IoUring.IORING_OP_RECV:
+                sqe->Addr = (ulong)(_buffer + _done);
+                sqe->Len = (uint)(_length - _done);
+                sqe->OpFlags = _opFlags;
                 break;
             default:
                 sqe->Off = (ulong)(_offset + _done);
@@ -151,11 +179,13 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
         }
         if (res < 0)
         {
-            Fail(BlockErrors.FromErrno(res, _deviceName, $"{OpName} of {_length} bytes at {_offset}"));
+            Fail(_socketHandle is not null
+                ? new IOException($"{_deviceName}: {OpName} of {_length} bytes failed: {Errno.Describe(res)}")
+                : BlockErrors.FromErrno(res, _deviceName, $"{OpName} of {_length} bytes at {_offset}"));
             return;
         }
         ReleasePin();
-        _core.SetResult(true);
+        _core.SetResult(_opcode == IoUring.IORING_OP_RECV ? res : (int)Math.Min(_done, int.MaxValue));
     }
 
     /// <summary>Fails the request without a CQE (reactor shut down).</summary>
@@ -171,11 +201,18 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
         IoUring.IORING_OP_WRITE or IoUring.IORING_OP_WRITE_FIXED => "write",
         IoUring.IORING_OP_FSYNC => "fdatasync",
         IoUring.IORING_OP_FALLOCATE => "fallocate(PUNCH_HOLE)",
+        IoUring.IORING_OP_SEND => "send",
+        IoUring.IORING_OP_RECV => "recv",
         _ => "op " + _opcode,
     };
 
     private void ReleasePin()
     {
+        if (_socketHandle is not null)
+        {
+            _socketHandle.DangerousRelease();
+            _socketHandle = null;
+        }
         if (_pinned)
         {
             _pin.Dispose();
@@ -184,11 +221,13 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource
         }
     }
 
-    public void GetResult(short token)
+    public void GetResult(short token) => ((IValueTaskSource<int>)this).GetResult(token);
+
+    int IValueTaskSource<int>.GetResult(short token)
     {
         try
         {
-            _core.GetResult(token);
+            return _core.GetResult(token);
         }
         finally
         {

@@ -145,12 +145,20 @@ public static class IoUring
     public const byte IORING_OP_FALLOCATE = 17;
     public const byte IORING_OP_READ = 22;
     public const byte IORING_OP_WRITE = 23;
+    /// <summary>send(2) on a socket (5.6): fd, addr = buffer, len, msg_flags in the op-flags union.</summary>
+    public const byte IORING_OP_SEND = 26;
+    /// <summary>recv(2) on a socket (5.6): same fields; the CQE carries the byte count, 0 at end of stream.</summary>
+    public const byte IORING_OP_RECV = 27;
 
     // ---- SQE flags ----
     public const byte IOSQE_FIXED_FILE = 0x1;
     public const byte IOSQE_IO_LINK = 0x4;
 
     public const uint IORING_FSYNC_DATASYNC = 1;
+
+    // ---- msg_flags for SEND/RECV (sys/socket.h) ----
+    /// <summary>No SIGPIPE when the peer has gone; the send fails with EPIPE instead.</summary>
+    public const uint MSG_NOSIGNAL = 0x4000;
 
     // ---- rw_flags (RWF_*) ----
     public const uint RWF_DSYNC = 0x2;
