@@ -8,16 +8,22 @@
 #   firstwrite64k 64 KiB random writes (whole blocks), each block written once, into a fresh
 #                 volume/overlay: every write is a first write
 # Systems:
-#   thinfast     `nbd-thin`: a pool over the base, 64 KiB blocks, data O_DIRECT (durable)
+#   thinfast     `nbd-thin`: a pool over the base, 64 KiB blocks, data O_DIRECT (durable), the
+#                base read through the page cache (ThinFast's default for origins)
+#   thinfast-direct  the same with the base read O_DIRECT too (`--origin-direct`)
 #   qemu-nbd     qcow2 overlay, cluster_size=64k, --cache=none --aio=io_uring, multi-conn
-#                (--shared=0) (durable)
+#                (--shared=0) (durable; O_DIRECT on overlay and base)
+#   qsd          qemu-storage-daemon, the same qcow2 overlay O_DIRECT (durable) over the base read
+#                through the page cache (cache.direct=off on the base node only): qemu's
+#                configuration closest to ThinFast's default
 #   nbdkit-cow   nbdkit file plugin + cow filter, cow-block-size=64K (NOT durable: the overlay is
 #                a page-cached temp file and flush is a no-op)
 #   nbdkit-null  no I/O at all: the NBD transport ceiling
 # A fresh server and a fresh pool/overlay for every workload. Servers on CPU1, fio on CPU0, every
 # server stopped by its PID. Prints every figure and ThinFast's ratio to the best durable peer.
 #
-# Environment: SIZE=1G RUNTIME=8 JOBS=2 IODEPTH=16 SYSTEMS="thinfast qemu-nbd nbdkit-cow nbdkit-null"
+# Environment: SIZE=1G RUNTIME=8 JOBS=2 IODEPTH=16
+#   SYSTEMS="thinfast thinfast-direct qemu-nbd qsd nbdkit-cow nbdkit-null"
 #   WORKLOADS="randread4k randwrite4k firstwrite64k"  LAB=/var/tmp (where the base and pools go)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,11 +31,11 @@ SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-8}
 JOBS=${JOBS:-2}
 IODEPTH=${IODEPTH:-16}
-SYSTEMS=${SYSTEMS:-thinfast qemu-nbd nbdkit-cow nbdkit-null}
+SYSTEMS=${SYSTEMS:-thinfast thinfast-direct qemu-nbd qsd nbdkit-cow nbdkit-null}
 WORKLOADS=${WORKLOADS:-randread4k randwrite4k firstwrite64k}
 bench="$root/perf/ThinFast.Benchmarks/bin/Release/net10.0/ThinFast.Benchmarks"
 
-for tool in fio qemu-img qemu-nbd nbdkit nbdinfo taskset python3 numfmt; do
+for tool in fio qemu-img qemu-nbd qemu-storage-daemon nbdkit nbdinfo taskset python3 numfmt; do
   command -v "$tool" >/dev/null || { echo "thin-peers: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
 [ -x "$bench" ] || { echo "thin-peers: build the host first: dotnet build -c Release perf/ThinFast.Benchmarks" >&2; exit 1; }
@@ -68,10 +74,22 @@ start() {
   local sock=$2
   rm -rf "$lab/pool" "$lab/overlay.qcow2" "$lab/cow-tmp" "$sock"
   case $1 in
-    thinfast)
+    thinfast|thinfast-direct)
+      local origin=()
+      [ "$1" = thinfast-direct ] && origin=(--origin-direct)
       taskset -c 1 "$bench" nbd-thin --pool "$lab/pool" --base "$lab/base.raw" --socket "$sock" \
-          --pid-file "$lab/thinfast.pid" 2>>"$lab/thinfast.log" &
+          "${origin[@]}" --pid-file "$lab/thinfast.pid" 2>>"$lab/thinfast.log" &
       pid=$! ;;
+    qsd)
+      qemu-img create -q -f qcow2 -b "$lab/base.raw" -F raw -o cluster_size=64k "$lab/overlay.qcow2"
+      taskset -c 1 qemu-storage-daemon --daemonize --pidfile "$lab/qsd.pid" \
+          --blockdev driver=file,node-name=base-file,filename="$lab/base.raw",read-only=on,aio=io_uring,cache.direct=off \
+          --blockdev driver=raw,node-name=base,file=base-file,read-only=on \
+          --blockdev driver=file,node-name=ovl-file,filename="$lab/overlay.qcow2",aio=io_uring,cache.direct=on \
+          --blockdev driver=qcow2,node-name=ovl,file=ovl-file,backing=base,discard=unmap \
+          --nbd-server addr.type=unix,addr.path="$sock" \
+          --export type=nbd,id=exp0,node-name=ovl,name=,writable=on
+      pid=$(cat "$lab/qsd.pid") ;;
     qemu-nbd)
       qemu-img create -q -f qcow2 -b "$lab/base.raw" -F raw -o cluster_size=64k "$lab/overlay.qcow2"
       taskset -c 1 qemu-nbd --fork --pid-file="$lab/qemu-nbd.pid" --persistent --shared=0 \
@@ -138,18 +156,18 @@ done
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 printf '\n%-14s' workload
 for s in $SYSTEMS; do printf ' %12s' "$s"; done
-printf ' %18s %14s\n' "thinfast/best-peer" "thinfast/qemu"
+printf ' %20s %14s\n' "thinfast/best-durable" "thinfast/qemu"
 for w in $WORKLOADS; do
   printf '%-14s' "$w"
   for s in $SYSTEMS; do printf ' %12s' "${result[$s,$w]:-}"; done
   best=0
-  for s in qemu-nbd nbdkit-cow; do
+  for s in qemu-nbd qsd; do
     v=${result[$s,$w]:-0}
     [ "$v" -gt "$best" ] && best=$v
   done
   t=${result[thinfast,$w]:-}
   q=${result[qemu-nbd,$w]:-}
-  printf ' %18s %14s\n' "$([ -n "$t" ] && [ "$best" -gt 0 ] && ratio "$t" "$best" || echo -)" \
+  printf ' %20s %14s\n' "$([ -n "$t" ] && [ "$best" -gt 0 ] && ratio "$t" "$best" || echo -)" \
       "$([ -n "$t" ] && [ -n "$q" ] && ratio "$t" "$q" || echo -)"
 done
-echo "durable: thinfast (O_DIRECT data), qemu-nbd (--cache=none); not durable: nbdkit-cow (page-cached overlay, flush is a no-op); nbdkit-null does no I/O" >&2
+echo "durable: thinfast and thinfast-direct (O_DIRECT data), qemu-nbd (--cache=none), qsd (O_DIRECT overlay); best-durable = the better of qemu-nbd and qsd; not durable: nbdkit-cow (page-cached overlay, flush is a no-op); nbdkit-null does no I/O" >&2

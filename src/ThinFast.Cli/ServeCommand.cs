@@ -11,7 +11,7 @@ internal static class ServeCommand
 {
     private const string Help = """
         Usage: thinfast serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only]
-                                  [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space]
+                                  [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space] [--origin-direct]
                                   [--io auto|uring|portable]
 
         Serves the pool's volumes over NBD, one export per volume by name (the default export, for
@@ -20,7 +20,9 @@ internal static class ServeCommand
         does not imply no socket: give --socket too to keep it). Runs in the foreground, logs on
         stderr; SIGINT/SIGTERM stop accepting, finish in-flight requests, commit the metadata and
         remove the socket and pid file. --io picks the data I/O backend (auto: io_uring when the
-        kernel allows it, else the portable one).
+        kernel allows it, else the portable one). Origins (base images) are read through the page
+        cache, so volumes over one base share its cached blocks; --origin-direct reads them with
+        O_DIRECT instead.
 
         Examples:
           nbdinfo 'nbd+unix:///vm1?socket=DIR/nbd.sock'
@@ -31,7 +33,7 @@ internal static class ServeCommand
     {
         if (Program.WantsHelp(argv))
             return Program.Help(Help);
-        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io"], ["--read-only", "--error-if-no-space"]);
+        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io"], ["--read-only", "--error-if-no-space", "--origin-direct"]);
         string dir = a.Positional(0, "pool directory (DIR)");
         a.ExpectPositionals(1);
         string? tcp = a.Value("--tcp");
@@ -41,6 +43,7 @@ internal static class ServeCommand
         {
             LowWaterBlocks = a.Value("--low-water") is { } lw ? PoolCommands.ParseCount(lw, "--low-water") : 0,
             ErrorIfNoSpace = a.Flag("--error-if-no-space"),
+            OriginPageCache = !a.Flag("--origin-direct"),
             Log = Log,
         };
         var backend = (a.Value("--io") ?? "auto") switch

@@ -25,7 +25,7 @@ public sealed partial class ThinPool
         options.Validate();
         if (File.Exists(files.ManifestPath))
             throw new PoolException($"a pool already exists at {files.ManifestPath}");
-        return Assemble(files, io,
+        return Assemble(files, io, options,
             () => OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io), preallocate: false),
             () => OpenOrCreate(files.DataPath, dataSize, io, options.PreallocateData),
             devices => Create(devices, options));
@@ -36,7 +36,7 @@ public sealed partial class ThinPool
     {
         if (!File.Exists(files.ManifestPath))
             throw new PoolException($"no pool at {files.ManifestPath} (manifest missing)");
-        return Assemble(files, io,
+        return Assemble(files, io, options,
             () => OpenExisting(files.MetadataPath, "metadata", SynchronousIo(io)),
             () => OpenExisting(files.DataPath, "data", io),
             devices => Open(devices, options));
@@ -44,7 +44,7 @@ public sealed partial class ThinPool
 
     /// <summary>Takes the process lock, opens the devices and builds the pool; on any failure
     /// closes whatever was opened, in reverse.</summary>
-    private static ThinPool Assemble(PoolFiles files, BlockDeviceOptions? io, Func<IBlockDevice> openMetadata, Func<IBlockDevice> openData, Func<PoolDevices, ThinPool> build)
+    private static ThinPool Assemble(PoolFiles files, BlockDeviceOptions? io, PoolOptions options, Func<IBlockDevice> openMetadata, Func<IBlockDevice> openData, Func<PoolDevices, ThinPool> build)
     {
         var processLock = TakeLock(files);
         IBlockDevice? metadata = null, data = null, dataFlush = null;
@@ -53,7 +53,7 @@ public sealed partial class ThinPool
             metadata = openMetadata();
             data = openData();
             dataFlush = BlockDevices.Open(files.DataPath, SynchronousIo(io));
-            var pool = build(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io) });
+            var pool = build(new PoolDevices { Metadata = metadata, Data = data, DataFlush = dataFlush, ManifestPath = files.ManifestPath, OpenOrigin = OriginOpener(io, options.OriginPageCache) });
             pool._processLock = processLock;
             return pool;
         }
@@ -78,11 +78,18 @@ public sealed partial class ThinPool
         Log = io?.Log,
     };
 
-    private static Func<string, IBlockDevice> OriginOpener(BlockDeviceOptions? io) => path =>
+    private static Func<string, IBlockDevice> OriginOpener(BlockDeviceOptions? io, bool pageCache) => path =>
     {
         if (!File.Exists(path) && !path.StartsWith("/dev/", StringComparison.Ordinal))
             throw new FileNotFoundException($"{path} does not exist", path);
-        return BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, Backend = io?.Backend ?? BlockDeviceBackend.Auto, Reactor = io?.Reactor, Log = io?.Log });
+        return BlockDevices.Open(path, new BlockDeviceOptions
+        {
+            ReadOnly = true,
+            PageCache = pageCache,
+            Backend = io?.Backend ?? BlockDeviceBackend.Auto,
+            Reactor = io?.Reactor,
+            Log = io?.Log,
+        });
     };
 
     private static IBlockDevice OpenOrCreate(string path, long size, BlockDeviceOptions? io, bool preallocate)

@@ -31,6 +31,16 @@ public sealed record PoolOptions
     /// journal entry each. Turn off to keep the file sparse (tests, demos).</summary>
     public bool PreallocateData { get; init; } = true;
 
+    /// <summary>
+    /// Read external origins through the kernel's page cache instead of O_DIRECT. An origin is a
+    /// read-only base shared by many volumes (many guests booting one image), so every block a
+    /// guest reads from it is likely to be read again by the next guest: cached, the disk serves
+    /// it once; direct, once per guest. Nothing is written through this path, so the cache costs
+    /// no durability, only reclaimable memory. Turn off for origins too large to be worth caching,
+    /// or to keep the page cache for something else. Pool data and metadata are always O_DIRECT.
+    /// </summary>
+    public bool OriginPageCache { get; init; } = true;
+
     /// <summary>Bounce buffers for provisioning copies and unaligned requests.</summary>
     public int BounceBuffers { get; init; } = 64;
 

@@ -19,6 +19,12 @@ public sealed class BlockDeviceOptions
 
     public BlockDeviceBackend Backend { get; init; } = BlockDeviceBackend.Auto;
 
+    /// <summary>Open without O_DIRECT, so reads can be served from (and fill) the kernel's page
+    /// cache. Only for read-only devices shared by many readers, like a base image: writes would
+    /// then sit in the page cache and FUA would mean a flush. Requests are still checked for the
+    /// same alignment as direct ones.</summary>
+    public bool PageCache { get; init; }
+
     /// <summary>The reactor io_uring devices run on; null means <see cref="IoUringReactor.Shared"/>.</summary>
     public IoUringReactor? Reactor { get; init; }
 

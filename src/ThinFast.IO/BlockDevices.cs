@@ -5,7 +5,8 @@ using ThinFast.IO.Uring;
 
 namespace ThinFast.IO;
 
-/// <summary>Opens files and block devices as O_DIRECT <see cref="IBlockDevice"/>s.</summary>
+/// <summary>Opens files and block devices as O_DIRECT <see cref="IBlockDevice"/>s (or, read-only
+/// and on request, through the page cache).</summary>
 public static class BlockDevices
 {
     public const string BackendEnvironmentVariable = "THINFAST_IO_BACKEND";
@@ -27,12 +28,14 @@ public static class BlockDevices
             }
         }
 
-        int flags = (options.ReadOnly ? Libc.O_RDONLY : Libc.O_RDWR) | Libc.O_DIRECT | Libc.O_CLOEXEC;
+        if (options.PageCache && !options.ReadOnly)
+            throw new BlockDeviceException(BlockError.InvalidArgument, $"{path}: page-cached devices must be read-only");
+        int flags = (options.ReadOnly ? Libc.O_RDONLY : Libc.O_RDWR) | (options.PageCache ? 0 : Libc.O_DIRECT) | Libc.O_CLOEXEC;
         int fd = Libc.Open(path, flags);
         if (fd < 0)
         {
             string hint = fd == -Errno.EINVAL ? " (the file system may not support O_DIRECT)" : "";
-            throw BlockErrors.FromErrno(fd, path, "open with O_DIRECT" + hint);
+            throw BlockErrors.FromErrno(fd, path, options.PageCache ? "open" : "open with O_DIRECT" + hint);
         }
         var handle = new SafeFileHandle(fd, ownsHandle: true);
         try

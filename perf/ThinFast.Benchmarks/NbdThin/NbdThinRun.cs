@@ -15,7 +15,7 @@ public sealed class NbdThinRun : IComparisonRun
     public string Name => "nbd-thin";
 
     public string Description =>
-        "serve thin volumes over a base image: --pool DIR --base IMAGE --socket PATH [--volumes a,b] [--block-size BYTES] [--data-size BYTES] [--commit-interval-ms N] [--pid-file F]";
+        "serve thin volumes over a base image: --pool DIR --base IMAGE --socket PATH [--volumes a,b] [--block-size BYTES] [--data-size BYTES] [--commit-interval-ms N] [--origin-direct] [--pid-file F]";
 
     public async Task<int> RunAsync(string[] args)
     {
@@ -24,6 +24,7 @@ public sealed class NbdThinRun : IComparisonRun
         int blockSize = PoolOptions.DefaultBlockSize;
         long? dataSize = null;
         var commitInterval = new PoolOptions().CommitInterval;
+        bool originPageCache = true;
         for (int i = 0; i < args.Length; i++)
         {
             string Value() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
@@ -37,6 +38,7 @@ public sealed class NbdThinRun : IComparisonRun
                 case "--data-size": dataSize = long.Parse(Value()); break;
                 case "--commit-interval-ms": commitInterval = TimeSpan.FromMilliseconds(int.Parse(Value())); break;
                 case "--pid-file": pidFile = Value(); break;
+                case "--origin-direct": originPageCache = false; break;
                 default:
                     Console.Error.WriteLine($"nbd-thin: unknown argument '{args[i]}'; {Description}");
                     return 2;
@@ -57,7 +59,7 @@ public sealed class NbdThinRun : IComparisonRun
 
         // Data space for every volume to be fully provisioned, so a benchmark never waits for space.
         var pool = ThinPool.CreateFiles(PoolFiles.InFolder(poolDir), 64L << 20, dataSize ?? baseSize * volumes.Length,
-            new PoolOptions { BlockSize = blockSize, CommitInterval = commitInterval, Log = message => Console.Error.WriteLine($"nbd-thin: {message}") });
+            new PoolOptions { BlockSize = blockSize, CommitInterval = commitInterval, OriginPageCache = originPageCache, Log = message => Console.Error.WriteLine($"nbd-thin: {message}") });
         var exports = volumes.Select(v => new NbdExport(pool.CreateVolume(v, baseSize, baseImage))).ToList();
         var server = new NbdServer(exports, new NbdServerOptions { DefaultExport = exports[0].Name },
             message => Console.Error.WriteLine(message));
@@ -68,7 +70,7 @@ public sealed class NbdThinRun : IComparisonRun
         var stop = new TaskCompletionSource();
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.TrySetResult(); });
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.TrySetResult(); });
-        Console.Error.WriteLine($"nbd-thin: serving {string.Join(',', volumes)} ({baseSize} bytes over {baseImage}, {blockSize} byte blocks) on {socketPath}");
+        Console.Error.WriteLine($"nbd-thin: serving {string.Join(',', volumes)} ({baseSize} bytes over {baseImage}, {blockSize} byte blocks, origin {(originPageCache ? "page-cached" : "O_DIRECT")}) on {socketPath} via {server.TransportDescription}");
         await stop.Task;
         await server.StopAsync();
         // StopAsync may finish on the io_uring reactor thread, where a synchronous pool close
