@@ -119,7 +119,7 @@ public sealed unsafe partial class IoUringReactor : IDisposable
     /// was pure user-space CQ reads; with DEFER_TASKRUN each poll is a syscall, so polling only
     /// costs more). So: no spin up to 2 CPUs, a short one above.
     /// </summary>
-    public static readonly TimeSpan DefaultSpin = Environment.GetEnvironmentVariable("TF_SPIN") is { } tfs ? TimeSpan.FromMicroseconds(double.Parse(tfs)) : Environment.ProcessorCount > 2 ? TimeSpan.FromMicroseconds(20) : TimeSpan.Zero;
+    public static readonly TimeSpan DefaultSpin = Environment.ProcessorCount > 2 ? TimeSpan.FromMicroseconds(20) : TimeSpan.Zero;
 
     /// <summary>
     /// While the reactor runs a round of completions, the requests their continuations queue are
