@@ -305,13 +305,11 @@ public sealed partial class ThinVolume : IBlockVolume
         }
         if (_pool.Mode == PoolMode.ReadOnly)
             throw new BlockDeviceException(BlockError.IoError, $"volume '{Name}': pool is read-only, cannot provision block {block}");
-        // Provisioning takes the metadata lock exclusively, and a commit holds it for its whole
-        // metadata write: waiting for it on the io_uring reactor thread would stall every other
-        // request's completions. Continue on the thread pool (no allocation: the pooled state
-        // machine box is queued as it is).
-        if (ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
-            await Task.Yield();
-
+        // Provisioning runs on whatever thread got here, the io_uring reactor included. It takes
+        // the metadata lock twice (allocate, insert), briefly except while a commit writes the
+        // metadata (about once a second). Moving it to the thread pool was measured: no faster
+        // (engine-vs-fio first writes 37k vs 39k IOPS, same run) and 220 instead of 26 bytes
+        // allocated per write, and the insert after the data write lands on the reactor anyway.
         ulong newBlock = await _pool.AllocateDataBlockAsync();
         try
         {

@@ -22,11 +22,17 @@ internal static class FioRunner
         }
     }
 
-    public static async Task<Figures> RunAsync(string file, long size, string rw, int bs, int qd, int runtime, int ramp)
+    /// <summary>A time-based run after a ramp, or with <paramref name="eachBlockOnce"/> one pass that
+    /// touches every <paramref name="bs"/> block of the file once in random order (fio's random
+    /// map) and is measured whole: what first writes into a new file are.</summary>
+    public static async Task<Figures> RunAsync(string file, long size, string rw, int bs, int qd, int runtime, int ramp, bool eachBlockOnce = false)
     {
+        string pattern = eachBlockOnce
+            ? "--randrepeat=0"
+            : $"--time_based --runtime={runtime} --ramp_time={ramp} --randrepeat=0 --norandommap";
         string output = await RunRawAsync(
             $"--name=peer --filename={file} --size={size} --ioengine=io_uring --direct=1 --rw={rw} --bs={bs} " +
-            $"--iodepth={qd} --time_based --runtime={runtime} --ramp_time={ramp} --randrepeat=0 --norandommap --output-format=json");
+            $"--iodepth={qd} {pattern} --output-format=json");
         using var json = JsonDocument.Parse(output[output.IndexOf('{')..]);
         var job = json.RootElement.GetProperty("jobs")[0];
         var dir = job.GetProperty(rw.Contains("write") ? "write" : "read");
