@@ -11,6 +11,11 @@ public sealed partial class ThinPool
     private readonly object _waitersLock = new();
     private PooledSignal? _commitWaiters;
     private bool _stopping;
+    private volatile bool _commitRunning;
+
+    /// <summary>True while a commit holds (or is about to take) the metadata lock, for
+    /// milliseconds: callers on the io_uring reactor thread move elsewhere before taking it.</summary>
+    internal bool CommitRunning => _commitRunning;
 
     /// <summary>Makes every write completed before the call durable: flushes the data device
     /// and, when anything changed, commits the metadata. Calls that arrive while a commit runs
@@ -85,46 +90,53 @@ public sealed partial class ThinPool
     private void CommitCore()
     {
         lock (_commitLock)
-        {
-            if (_mode == PoolMode.Fail)
-                throw new BlockDeviceException(BlockError.IoError, "pool is in fail mode");
-            // The first flush, without the metadata lock, carries the bulk of the dirty data while
-            // lookups go on. Mappings inserted after it started may have data it did not cover; a
-            // second flush under the lock covers them, and is skipped when there were none.
-            long changesBefore = Interlocked.Read(ref _mappingChanges);
-            try
-            {
-                DataFlush.Flush();
-            }
-            catch (Exception e)
-            {
-                SetMode(PoolMode.ReadOnly, $"data device flush failed: {e.Message}");
-                throw;
-            }
-            _metadataLock.EnterWriteLock();
-            try
-            {
-                if (!_dirty && _mode != PoolMode.ReadOnly)
-                    return;
-                if (_mappingChanges != changesBefore)
-                    DataFlush.Flush();
-                if (_mode == PoolMode.ReadOnly)
-                    return;
-                _metadata.Commit();
-                _dirty = false;
-            }
-            catch (Exception e)
-            {
-                AbortAndDegrade(e);
-                throw;
-            }
-            finally
-            {
-                _metadataLock.ExitWriteLock();
-            }
-        }
+            CommitLocked();
         // A commit is where blocks freed in the transaction become allocatable again.
         SignalSpace();
+    }
+
+    private void CommitLocked()
+    {
+        if (_mode == PoolMode.Fail)
+            throw new BlockDeviceException(BlockError.IoError, "pool is in fail mode");
+        // The first flush, without the metadata lock, carries the bulk of the dirty data while
+        // lookups go on. Mappings inserted after it started may have data it did not cover; a
+        // second flush under the lock covers them, and is skipped when there were none.
+        long changesBefore = Interlocked.Read(ref _mappingChanges);
+        try
+        {
+            DataFlush.Flush();
+        }
+        catch (Exception e)
+        {
+            SetMode(PoolMode.ReadOnly, $"data device flush failed: {e.Message}");
+            throw;
+        }
+        // Raised before the lock is taken, so reactor continuations that see it go elsewhere
+        // instead of queueing behind the metadata write.
+        _commitRunning = true;
+        _metadataLock.EnterWriteLock();
+        try
+        {
+            if (!_dirty && _mode != PoolMode.ReadOnly)
+                return;
+            if (_mappingChanges != changesBefore)
+                DataFlush.Flush();
+            if (_mode == PoolMode.ReadOnly)
+                return;
+            _metadata.Commit();
+            _dirty = false;
+        }
+        catch (Exception e)
+        {
+            AbortAndDegrade(e);
+            throw;
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
+            _commitRunning = false;
+        }
     }
 
     /// <summary>The periodic commit, or sooner when queued writes reach their no-space timeout.</summary>
