@@ -82,7 +82,22 @@ public sealed partial class ThinPool
     {
         if (!File.Exists(path) && !path.StartsWith("/dev/", StringComparison.Ordinal))
             throw new FileNotFoundException($"{path} does not exist", path);
-        return BlockDevices.Open(path, new BlockDeviceOptions
+        var direct = OpenOriginHandle(path, io, pageCache: false);
+        if (!pageCache)
+            return direct;
+        try
+        {
+            return new OriginDevice(OpenOriginHandle(path, io, pageCache: true), direct);
+        }
+        catch
+        {
+            direct.Dispose();
+            throw;
+        }
+    };
+
+    private static IBlockDevice OpenOriginHandle(string path, BlockDeviceOptions? io, bool pageCache) =>
+        BlockDevices.Open(path, new BlockDeviceOptions
         {
             ReadOnly = true,
             PageCache = pageCache,
@@ -90,7 +105,6 @@ public sealed partial class ThinPool
             Reactor = io?.Reactor,
             Log = io?.Log,
         });
-    };
 
     private static IBlockDevice OpenOrCreate(string path, long size, BlockDeviceOptions? io, bool preallocate)
     {

@@ -14,6 +14,7 @@ public sealed partial class ThinVolume : IBlockVolume
 {
     private readonly ThinPool _pool;
     private IBlockDevice? _origin;
+    private IBlockDevice? _originForCopies;
     private readonly long _originSize;
     private readonly string? _unavailable;
     private readonly int _blockSize;
@@ -25,6 +26,7 @@ public sealed partial class ThinVolume : IBlockVolume
         _pool = pool;
         Record = record;
         _origin = origin;
+        _originForCopies = origin is OriginDevice two ? two.ForCopies : origin;
         _originSize = origin?.Length ?? 0;
         _unavailable = unavailable;
         _blockSize = pool.BlockSize;
@@ -54,6 +56,7 @@ public sealed partial class ThinVolume : IBlockVolume
     {
         _origin?.Dispose();
         _origin = null;
+        _originForCopies = null;
     }
 
     // ---- Reads ----
@@ -192,8 +195,10 @@ public sealed partial class ThinVolume : IBlockVolume
         }
     }
 
-    /// <summary>Origin data at the same offset; zeros past the origin's end (dm-thin §4.3).</summary>
-    private ValueTask ReadOriginAsync(long virtualOffset, Memory<byte> destination)
+    /// <summary>Origin data at the same offset; zeros past the origin's end (dm-thin §4.3).
+    /// <paramref name="forCopy"/>: a provisioning copy, read O_DIRECT even when guest reads use
+    /// the page cache (<see cref="OriginDevice"/>).</summary>
+    private ValueTask ReadOriginAsync(long virtualOffset, Memory<byte> destination, bool forCopy = false)
     {
         long available = _originSize - virtualOffset;
         if (available <= 0)
@@ -206,7 +211,7 @@ public sealed partial class ThinVolume : IBlockVolume
             destination.Span[(int)available..].Clear();
             destination = destination[..(int)available];
         }
-        return _pool.ReadAnyAsync(_origin!, virtualOffset, destination);
+        return _pool.ReadAnyAsync(forCopy ? _originForCopies! : _origin!, virtualOffset, destination);
     }
 
     // ---- Writes ----
@@ -361,7 +366,7 @@ public sealed partial class ThinVolume : IBlockVolume
                 else if (sharedBlock != ulong.MaxValue)
                     await _pool.Data.ReadAsync((long)sharedBlock * _blockSize + chunkStart, buffer);
                 else
-                    await ReadOriginAsync((long)virtualBlock * _blockSize + chunkStart, buffer);
+                    await ReadOriginAsync((long)virtualBlock * _blockSize + chunkStart, buffer, forCopy: true);
                 if (overlapStart < overlapEnd)
                     data.Span.Slice(overlapStart - inBlock, overlapEnd - overlapStart).CopyTo(buffer.Span[(overlapStart - chunkStart)..]);
                 await _pool.Data.WriteAsync(blockBase + chunkStart, buffer);

@@ -1,4 +1,5 @@
 using ThinFast.IO;
+using ThinFast.Testing;
 
 namespace ThinFast.Engine.Tests;
 
@@ -39,6 +40,43 @@ public class PoolFilesTests
             }
             Assert.Equal(baseBytes, File.ReadAllBytes(basePath));
             ThinFast.Testing.ExternalTool.AssertMetadataClean(files.MetadataPath);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task OriginsAreReadThroughThePageCacheAndCopiedDirect(bool originPageCache)
+    {
+        var dir = Directory.CreateTempSubdirectory("thinfast-origin-").FullName;
+        try
+        {
+            var files = PoolFiles.InFolder(dir);
+            string basePath = Path.Combine(dir, "base.img");
+            var baseBytes = PoolHarness.Pattern(2 << 20, 5);
+            File.WriteAllBytes(basePath, baseBytes);
+            var options = new PoolOptions { OriginPageCache = originPageCache };
+            using var pool = ThinPool.CreateFiles(files, 8 << 20, 64 << 20, options, new BlockDeviceOptions { Backend = BlockDeviceBackend.IoUring });
+            var v = pool.CreateVolume("vm", 2 << 20, basePath);
+            // Cached: one handle through the page cache for guest reads, one O_DIRECT for copies.
+            var handles = OpenFiles.ODirectFlagsOf(basePath).Order().ToArray();
+            Assert.Equal(originPageCache ? [false, true] : [true], handles);
+
+            // A partial first write copies the rest of its block from the origin (the direct
+            // handle); reads of unwritten blocks come from the origin (the cached one).
+            var expected = baseBytes.ToArray();
+            var data = PoolHarness.Pattern(4096, 6);
+            await v.WriteAsync(70_000 & ~4095, data);
+            data.CopyTo(expected, 70_000 & ~4095);
+            var back = new byte[2 << 20];
+            await v.ReadAsync(0, back);
+            Assert.True(back.AsSpan().SequenceEqual(expected));
+            await v.FlushAsync();
+            Assert.Equal(baseBytes, File.ReadAllBytes(basePath));
         }
         finally
         {

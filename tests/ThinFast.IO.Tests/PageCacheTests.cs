@@ -1,4 +1,4 @@
-using System.Globalization;
+using ThinFast.Testing;
 
 namespace ThinFast.IO.Tests;
 
@@ -17,10 +17,10 @@ public sealed class PageCacheTests
         await File.WriteAllBytesAsync(path, content, TestContext.Current.CancellationToken);
 
         using (var direct = BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, Backend = backend }))
-            Assert.True(OpenedWithODirect(path), "a default open should be O_DIRECT");
+            Assert.Equal([true], OpenFiles.ODirectFlagsOf(path));
 
         using var cached = BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, PageCache = true, Backend = backend });
-        Assert.False(OpenedWithODirect(path), "PageCache = true must open without O_DIRECT");
+        Assert.Equal([false], OpenFiles.ODirectFlagsOf(path));
         using var pool = new AlignedBufferPool(64 * 1024, 1);
         var buffer = pool.Buffers[0];
         var random = new Random(11);
@@ -47,29 +47,5 @@ public sealed class PageCacheTests
         var e = Assert.Throws<BlockDeviceException>(() => BlockDevices.Open(path, new BlockDeviceOptions { PageCache = true }));
         Assert.Equal(BlockError.InvalidArgument, e.Error);
         Assert.Contains("read-only", e.Message);
-    }
-
-    /// <summary>Whether an fd of this process open on <paramref name="path"/> has O_DIRECT, from
-    /// the octal flags in /proc/self/fdinfo.</summary>
-    private static bool OpenedWithODirect(string path)
-    {
-        foreach (var link in Directory.GetFiles("/proc/self/fd"))
-        {
-            string? target;
-            try
-            {
-                target = new FileInfo(link).LinkTarget;
-            }
-            catch (IOException)
-            {
-                continue;
-            }
-            if (target != path)
-                continue;
-            string flagsLine = File.ReadAllLines("/proc/self/fdinfo/" + Path.GetFileName(link)).First(l => l.StartsWith("flags:", StringComparison.Ordinal));
-            int flags = Convert.ToInt32(flagsLine["flags:".Length..].Trim(), 8);
-            return (flags & Interop.Libc.O_DIRECT) != 0;
-        }
-        throw new InvalidOperationException($"no fd of this process is open on {path}");
     }
 }
