@@ -37,7 +37,8 @@ public sealed record PoolOptions
     /// guest reads from it is likely to be read again by the next guest: cached, the disk serves
     /// it once; direct, once per guest. Nothing is written through this path, so the cache costs
     /// no durability, only reclaimable memory. Turn off for origins too large to be worth caching,
-    /// or to keep the page cache for something else. Pool data and metadata are always O_DIRECT.
+    /// or to keep the page cache for something else. Provisioning copies from the origin are read
+    /// O_DIRECT either way (<see cref="OriginDevice"/>). Pool data and metadata are always O_DIRECT.
     /// </summary>
     public bool OriginPageCache { get; init; } = true;
 
