@@ -3,10 +3,12 @@ namespace ThinFast.IO;
 /// <summary>
 /// A fixed set of equally sized <see cref="NativeBuffer"/>s made up front, so the data path never
 /// allocates and an io_uring can register every buffer once. Renting when all are out returns
-/// false instead of allocating: callers queue and retry, which bounds memory under load.
+/// false instead of allocating: callers queue and retry, which bounds memory under load. The
+/// buffers share one <see cref="NativeSlab"/> (huge pages where it is large enough).
 /// </summary>
 public sealed class AlignedBufferPool : IDisposable
 {
+    private readonly NativeSlab _slab;
     private readonly NativeBuffer[] _buffers;
     // A stack of free buffers under a lock: ConcurrentStack would allocate a node per push.
     private readonly NativeBuffer[] _free;
@@ -14,16 +16,21 @@ public sealed class AlignedBufferPool : IDisposable
     private int _freeCount;
     private bool _disposed;
 
-    public AlignedBufferPool(int bufferSize, int count, int alignment = NativeBuffer.PageSize)
+    public unsafe AlignedBufferPool(int bufferSize, int count, int alignment = NativeBuffer.PageSize)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bufferSize);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
+        if (alignment <= 0 || (alignment & (alignment - 1)) != 0)
+            throw new ArgumentException($"alignment {alignment} is not a power of two", nameof(alignment));
         BufferSize = bufferSize;
+        long stride = (bufferSize + (long)alignment - 1) & ~((long)alignment - 1);
+        _slab = new NativeSlab((nuint)(stride * count), alignment);
         _buffers = new NativeBuffer[count];
         _free = new NativeBuffer[count];
         _isFree = new bool[count];
         for (int i = 0; i < count; i++)
         {
-            _buffers[i] = new NativeBuffer(bufferSize, alignment) { PoolIndex = i };
+            _buffers[i] = new NativeBuffer(_slab.Pointer + stride * i, bufferSize) { PoolIndex = i };
             _free[count - 1 - i] = _buffers[i];
             _isFree[i] = true;
         }
@@ -80,5 +87,6 @@ public sealed class AlignedBufferPool : IDisposable
         }
         foreach (var b in _buffers)
             ((IDisposable)b).Dispose();
+        _slab.Dispose();
     }
 }

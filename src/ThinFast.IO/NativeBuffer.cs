@@ -16,6 +16,8 @@ public sealed unsafe class NativeBuffer : MemoryManager<byte>
 
     private byte* _pointer;
     private readonly int _length;
+    // False for a buffer carved out of a pool's slab, which the pool frees.
+    private readonly bool _ownsMemory = true;
 
     public NativeBuffer(int length, int alignment = PageSize)
     {
@@ -25,6 +27,15 @@ public sealed unsafe class NativeBuffer : MemoryManager<byte>
         _length = length;
         _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)length, (nuint)alignment);
         NativeMemory.Clear(_pointer, (nuint)length);
+    }
+
+    /// <summary>A view of <paramref name="length"/> bytes of memory the caller owns and outlives
+    /// the buffer (an <see cref="AlignedBufferPool"/>'s slab).</summary>
+    internal NativeBuffer(byte* pointer, int length)
+    {
+        _pointer = pointer;
+        _length = length;
+        _ownsMemory = false;
     }
 
     public byte* Pointer => _pointer;
@@ -52,10 +63,8 @@ public sealed unsafe class NativeBuffer : MemoryManager<byte>
 
     protected override void Dispose(bool disposing)
     {
-        if (_pointer != null)
-        {
+        if (_pointer != null && _ownsMemory)
             NativeMemory.AlignedFree(_pointer);
-            _pointer = null;
-        }
+        _pointer = null;
     }
 }
