@@ -80,6 +80,8 @@ public sealed class DeviceVsFio : IComparisonRun
         }
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         bool created = await PrepareAsync(file, size);
+        using var fioMemory = FioRunner.UseHugePages(out string fioMemoryNote);
+        Console.WriteLine(fioMemoryNote);
 
         Console.WriteLine($"reactor spin {(spin ?? IoUringReactor.DefaultSpin).TotalMicroseconds} us, submit batch {submitBatch}, {(IoUringReactor.Shared.DefersTaskRun ? "single-issuer DEFER_TASKRUN ring" : "plain ring")}, {(registered ? "registered (fixed)" : "plain")} buffers; file {file} ({size >> 20} MiB, fully written), runtime {runtime} s after {ramp} s ramp, {repeat} repetition(s), alternating fio / ThinFast");
         Console.WriteLine($"{"workload",-18} {"engine",-9} {"IOPS",10} {"MiB/s",9} {"CPU us/IO",10} {"alloc B/IO",11}");

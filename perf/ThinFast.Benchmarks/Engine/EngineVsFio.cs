@@ -48,6 +48,8 @@ public sealed class EngineVsFio : IComparisonRun
             }
         }
         Directory.CreateDirectory(dir);
+        using var fioMemory = FioRunner.UseHugePages(out string fioMemoryNote);
+        Console.WriteLine(fioMemoryNote);
         string basePath = Path.Combine(dir, "base.img");
         if (!File.Exists(basePath) || new FileInfo(basePath).Length != originSize)
         {
