@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   thin-provisioning-tools   # thin_check, thin_dump, thin_restore: metadata oracles
   qemu-utils                # qemu-img, qemu-io, qemu-nbd: NBD clients and the qcow2 peer
+  qemu-system-common        # qemu-storage-daemon: the qsd peer in perf/thin-peers.sh
   libnbd-bin                # nbdinfo, nbdcopy, nbdsh
   python3-libnbd           # the nbdsh binary and libnbd python module (NBD edge-case tests)
   nbdfuse                   # mounts an NBD export as a file, for the ext4 end-to-end test

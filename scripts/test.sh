@@ -17,7 +17,7 @@ for proj in tests/*.Tests; do
   name=$(basename "$proj")
   exe="$proj/bin/Release/net10.0/$name"
   echo "=== $name" >&2
-  if ! "$exe" -xml "$results/$name.xml" -noColor -parallel collections "$@"; then
+  if ! "$exe" -result-xml "$results/$name.xml" -noColor -parallelMode collections "$@"; then
     status=1
   fi
   [ -f "$results/$name.xml" ] || { echo "$name: no report (the runner crashed)" >&2; status=1; echo "<crash/>" > "$results/$name.crash"; }
