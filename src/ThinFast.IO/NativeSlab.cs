@@ -24,7 +24,6 @@ internal sealed unsafe class NativeSlab : IDisposable
 
     public NativeSlab(nuint length, int alignment)
     {
-        Length = length;
         if (OperatingSystem.IsLinux() && length >= HugePageSize && alignment <= HugePageSize)
         {
             // Map one huge page more than needed and start at the first 2 MiB boundary inside.
@@ -45,8 +44,6 @@ internal sealed unsafe class NativeSlab : IDisposable
     }
 
     public byte* Pointer { get; private set; }
-
-    public nuint Length { get; }
 
     private static nuint AlignUp(nuint value, int alignment) => (value + (nuint)alignment - 1) & ~((nuint)alignment - 1);
 
