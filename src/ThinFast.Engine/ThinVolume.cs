@@ -431,12 +431,18 @@ public sealed partial class ThinVolume : IBlockVolume
             await _pool.FlushAsync();
     }
 
-    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags zero, WriteFlags flags = WriteFlags.None)
     {
         if (!CheckRequest(offset, length, write: true, out var error))
             return ValueTask.FromException(error);
+        bool mayDeallocate = (zero & ZeroFlags.MayDeallocate) != 0;
+        if ((zero & ZeroFlags.FastOnly) != 0 && !mayDeallocate)
+            return ValueTask.FromException(new BlockDeviceException(BlockError.NotSupported, $"volume '{Name}': zeroing while keeping storage allocated cannot be done fast"));
         return length == 0 ? ValueTask.CompletedTask : WriteZeroesCoreAsync(offset, length, mayDeallocate, flags);
     }
+
+    public ValueTask PrefetchAsync(long offset, long length) =>
+        CheckRequest(offset, length, write: false, out var error) ? ValueTask.CompletedTask : ValueTask.FromException(error);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool mayDeallocate, WriteFlags flags)

@@ -36,14 +36,34 @@ public interface IBlockVolume
     /// the origin's data, or zeros without an origin).</summary>
     ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None);
 
-    /// <summary>The range reads back as zeros afterwards. With <paramref name="mayDeallocate"/>
-    /// the implementation may release storage to achieve that.</summary>
-    ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None);
+    /// <summary>The range reads back as zeros afterwards. With <see cref="ZeroFlags.MayDeallocate"/>
+    /// the implementation may release storage to achieve that; without it the range stays (or
+    /// becomes) allocated. With <see cref="ZeroFlags.FastOnly"/> it fails at once with
+    /// <see cref="BlockError.NotSupported"/>, doing nothing, when zeroing would be slower than
+    /// writing zeros (NBD's FAST_ZERO).</summary>
+    ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags zero, WriteFlags flags = WriteFlags.None);
+
+    /// <summary>A hint that the range will be read soon (NBD_CMD_CACHE). It fails as a read of the
+    /// range would (out of range, a deleted or unavailable volume); otherwise it may warm a cache
+    /// or do nothing.</summary>
+    ValueTask PrefetchAsync(long offset, long length);
 
     /// <summary>Describes [offset, offset+length) as consecutive extents, starting at
     /// <paramref name="offset"/>, filling at most <paramref name="extents"/>.Length entries.
     /// Returns how many were filled (at least 1 when length &gt; 0).</summary>
     int GetExtents(long offset, long length, Span<VolumeExtent> extents);
+}
+
+/// <summary>How <see cref="IBlockVolume.WriteZeroesAsync"/> may zero a range.</summary>
+[Flags]
+public enum ZeroFlags
+{
+    None = 0,
+    /// <summary>Storage may be released: the range may become a hole that reads zeros.</summary>
+    MayDeallocate = 1,
+    /// <summary>Fail with <see cref="BlockError.NotSupported"/> instead of doing anything slower
+    /// than writing zeros would be (copying from an origin, waiting for data space).</summary>
+    FastOnly = 2,
 }
 
 /// <summary>One run of a volume with the same allocation state.</summary>

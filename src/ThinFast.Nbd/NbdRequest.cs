@@ -123,22 +123,19 @@ internal sealed class NbdRequest
                                 reply = BuildSimple(NbdError.None);
                                 break;
                             case NbdCommand.WriteZeroes:
-                                bool noHole = (_flags & NbdCommandFlags.NoHole) != 0;
-                                // The volume cannot say whether zeroing while keeping storage allocated
-                                // stays metadata-only, so a fast NO_HOLE zero is refused as the spec allows.
-                                if (noHole && (_flags & NbdCommandFlags.FastZero) != 0)
-                                {
-                                    reply = BuildError(NbdError.NotSupported, ErrorText.NotFast.Bytes());
-                                    break;
-                                }
-                                await volume.WriteZeroesAsync(_offset, _length, mayDeallocate: !noHole, writeFlags).ConfigureAwait(false);
+                                // FAST_ZERO: the volume itself knows when zeroing would copy or wait,
+                                // and then fails at once with NotSupported (NBD_ENOTSUP).
+                                var zero = ((_flags & NbdCommandFlags.NoHole) != 0 ? ZeroFlags.None : ZeroFlags.MayDeallocate)
+                                    | ((_flags & NbdCommandFlags.FastZero) != 0 ? ZeroFlags.FastOnly : ZeroFlags.None);
+                                await volume.WriteZeroesAsync(_offset, _length, zero, writeFlags).ConfigureAwait(false);
                                 reply = BuildSimple(NbdError.None);
                                 break;
                             case NbdCommand.BlockStatus:
                                 reply = BuildBlockStatus(volume);
                                 break;
                             default:
-                                // CACHE: a prefetch hint; an in-process engine has nothing to warm.
+                                // CACHE: a prefetch hint, which still fails where a read would.
+                                await volume.PrefetchAsync(_offset, _length).ConfigureAwait(false);
                                 reply = BuildSimple(NbdError.None);
                                 break;
                         }
@@ -200,6 +197,7 @@ internal sealed class NbdRequest
                 BlockError.NoSpace => NbdError.NoSpace,
                 BlockError.ReadOnly => NbdError.Perm,
                 BlockError.InvalidArgument or BlockError.OutOfRange => NbdError.Invalid,
+                BlockError.NotSupported => NbdError.NotSupported,
                 _ => NbdError.IO,
             }
             : NbdError.IO;
@@ -338,7 +336,6 @@ internal enum ErrorText
     OutOfRange,
     TooLarge,
     Misaligned,
-    NotFast,
 }
 
 internal static class ErrorTextExtensions
@@ -354,7 +351,6 @@ internal static class ErrorTextExtensions
         "request runs past the end of the export"u8.ToArray(),
         "request is larger than the maximum payload"u8.ToArray(),
         "request is not aligned to the minimum block size"u8.ToArray(),
-        "zeroing with NO_HOLE cannot be done fast"u8.ToArray(),
     ];
 
     public static ReadOnlySpan<byte> Bytes(this ErrorText text) => Texts[(int)text];

@@ -126,7 +126,7 @@ public class CrashSweepTests
                 else if (kind < 80)
                 {
                     model.Change(offset, length, span => span.Clear());
-                    await volume.WriteZeroesAsync(offset, length, mayDeallocate: _random.Next(2) == 0);
+                    await volume.WriteZeroesAsync(offset, length, _random.Next(2) == 0 ? ZeroFlags.MayDeallocate : ZeroFlags.None);
                 }
                 else if (kind < 90 && Models.Count < 5)
                 {

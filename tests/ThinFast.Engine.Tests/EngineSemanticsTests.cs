@@ -166,11 +166,11 @@ public class EngineSemanticsTests
     {
         using var h = new PoolHarness(64 * B);
         var v = h.Pool.CreateVolume("a", 4 * B, h.AddOrigin("base", PoolHarness.Pattern(4 * B, 10)));
-        Wait(v.WriteZeroesAsync(1000, 2 * B, mayDeallocate: true));
+        Wait(v.WriteZeroesAsync(1000, 2 * B, ZeroFlags.MayDeallocate));
         Assert.All(Read(v, 1000, 2 * B), b => Assert.Equal(0, b));
         var plain = h.Pool.CreateVolume("b", 4 * B);
         Write(plain, 0, PoolHarness.Pattern(4 * B, 11));
-        Wait(plain.WriteZeroesAsync(0, 4 * B, mayDeallocate: true));
+        Wait(plain.WriteZeroesAsync(0, 4 * B, ZeroFlags.MayDeallocate));
         Assert.All(Read(plain, 0, 4 * B), b => Assert.Equal(0, b));
         Assert.Equal(0UL, plain.MappedBlocks);
     }

@@ -145,7 +145,7 @@ public class ModelBasedTests
             else
             {
                 mv.Contents.AsSpan((int)offset, (int)length).Clear();
-                inFlight.Add(Track(mv, offset, length, volume.WriteZeroesAsync(offset, length, mayDeallocate: random.Next(2) == 0).AsTask()));
+                inFlight.Add(Track(mv, offset, length, volume.WriteZeroesAsync(offset, length, random.Next(2) == 0 ? ZeroFlags.MayDeallocate : ZeroFlags.None).AsTask()));
             }
         }
         await Drain();

@@ -158,10 +158,14 @@ public sealed class MemoryVolume : IBlockVolume
         }
     }
 
-    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags zero, WriteFlags flags = WriteFlags.None)
     {
         Check(offset, length, write: true);
-        return mayDeallocate
+        // Modelled on a thin volume: keeping zeros allocated means writing them, which FAST_ZERO
+        // must refuse.
+        if ((zero & (ZeroFlags.FastOnly | ZeroFlags.MayDeallocate)) == ZeroFlags.FastOnly)
+            return ValueTask.FromException(new BlockDeviceException(BlockError.NotSupported, $"{Name}: zeroing with NO_HOLE is not fast"));
+        return (zero & ZeroFlags.MayDeallocate) != 0
             ? Run(static (v, o, l, _, _) => v.ZeroCore(o, l, mayDeallocate: true), offset, length, default, default)
             : Run(static (v, o, l, _, _) => v.ZeroCore(o, l, mayDeallocate: false), offset, length, default, default);
     }
@@ -183,6 +187,12 @@ public sealed class MemoryVolume : IBlockVolume
                 done += count;
             }
         }
+    }
+
+    public ValueTask PrefetchAsync(long offset, long length)
+    {
+        Check(offset, length, write: false);
+        return ValueTask.CompletedTask;
     }
 
     public int GetExtents(long offset, long length, Span<VolumeExtent> extents)

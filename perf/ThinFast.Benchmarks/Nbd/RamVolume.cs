@@ -83,8 +83,9 @@ public sealed unsafe class RamVolume : IBlockVolume, IDisposable
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, WriteFlags flags = WriteFlags.None)
+    public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags zero, WriteFlags flags = WriteFlags.None)
     {
+        bool mayDeallocate = (zero & ZeroFlags.MayDeallocate) != 0;
         for (long done = 0; done < length;)
         {
             long unit = (offset + done) / AllocationUnit;
@@ -98,6 +99,8 @@ public sealed unsafe class RamVolume : IBlockVolume, IDisposable
         }
         return ValueTask.CompletedTask;
     }
+
+    public ValueTask PrefetchAsync(long offset, long length) => ValueTask.CompletedTask;
 
     public int GetExtents(long offset, long length, Span<VolumeExtent> extents)
     {
