@@ -28,7 +28,9 @@ internal sealed class OriginDevice(IBlockDevice cached, IBlockDevice direct) : I
 
     public ValueTask FlushAsync() => ValueTask.CompletedTask;
 
-    public ValueTask DiscardAsync(long offset, long length) => cached.DiscardAsync(offset, length);
+    public ValueTask DeallocateAsync(long offset, long length) => cached.DeallocateAsync(offset, length);
+
+    public ValueTask ZeroAsync(long offset, long length) => cached.ZeroAsync(offset, length);
 
     public void Grow(long newLength) => cached.Grow(newLength);
 

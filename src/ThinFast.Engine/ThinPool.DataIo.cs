@@ -114,7 +114,7 @@ public sealed partial class ThinPool
             int j = i + 1;
             while (j < freed.Count && freed[j] == freed[j - 1] + 1)
                 j++;
-            await Data.DiscardAsync((long)freed[i] * BlockSize, (long)(j - i) * BlockSize);
+            await Data.DeallocateAsync((long)freed[i] * BlockSize, (long)(j - i) * BlockSize);
             i = j;
         }
     }

@@ -496,7 +496,7 @@ public sealed partial class ThinVolume : IBlockVolume
         bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
         if (mapped && !mapping.Shared)
         {
-            await _pool.Data.DiscardAsync((long)mapping.DataBlock * _blockSize, _blockSize);
+            await _pool.Data.DeallocateAsync((long)mapping.DataBlock * _blockSize, _blockSize);
             return;
         }
         if (!mapped && !originBelow && !mayDeallocate)
@@ -509,7 +509,7 @@ public sealed partial class ThinVolume : IBlockVolume
         ulong newBlock = await _pool.AllocateDataBlockAsync();
         try
         {
-            await _pool.Data.DiscardAsync((long)newBlock * _blockSize, _blockSize);
+            await _pool.Data.DeallocateAsync((long)newBlock * _blockSize, _blockSize);
             _pool.InsertMapping(DeviceId, block, newBlock);
         }
         catch

@@ -54,8 +54,6 @@ public static class BlockDeviceExtensions
             Wait(device.FlushAsync());
     }
 
-    public static void Discard(this IBlockDevice device, long offset, long length) => Wait(device.DiscardAsync(offset, length));
-
     private static void Wait(ValueTask task)
     {
         if (task.IsCompletedSuccessfully)

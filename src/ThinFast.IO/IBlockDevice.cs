@@ -39,8 +39,16 @@ public interface IBlockDevice : IDisposable
     /// <summary>Makes every write completed before this call durable.</summary>
     ValueTask FlushAsync();
 
-    /// <summary>Deallocates the range (punch hole); it reads back as zeros afterwards.</summary>
-    ValueTask DiscardAsync(long offset, long length);
+    /// <summary>Tells the device the range is no longer needed (a punched hole on files,
+    /// BLKDISCARD on block devices). What the range reads back as afterwards is undefined: zeros,
+    /// the old data or anything else, and the device may do nothing at all. Never rely on it for
+    /// zeros; use <see cref="ZeroAsync"/>.</summary>
+    ValueTask DeallocateAsync(long offset, long length);
+
+    /// <summary>The range reads back as zeros afterwards, with the durability of a write
+    /// (FALLOC_FL_ZERO_RANGE on files, BLKZEROOUT on block devices; where neither works, zeros are
+    /// written). Storage stays allocated.</summary>
+    ValueTask ZeroAsync(long offset, long length);
 
     /// <summary>Grows the device to <paramref name="newLength"/> bytes (files only; block devices
     /// report their own size). Shrinking is refused.</summary>

@@ -14,6 +14,10 @@ public static unsafe partial class Libc
     /// <summary>_IO(0x12, 119): discard the range given as u64[2] { start, length }.</summary>
     public const ulong BLKDISCARD = 0x1277;
 
+    /// <summary>_IO(0x12, 127): zero the range given as u64[2] { start, length } (the kernel uses
+    /// the device's WRITE ZEROES or writes zero pages).</summary>
+    public const ulong BLKZEROOUT = 0x127f;
+
     // ioctl is variadic: see the note on open.
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     private static partial int ioctl_(int fd, ulong request, void* arg);
@@ -43,5 +47,14 @@ public static unsafe partial class Libc
         range[0] = offset;
         range[1] = length;
         return Errno.FromLibc(ioctl_(fd, BLKDISCARD, range));
+    }
+
+    /// <summary>Returns 0 or -errno. Blocks until the range reads as zeros.</summary>
+    public static int IoctlBlkZeroOut(int fd, ulong offset, ulong length)
+    {
+        ulong* range = stackalloc ulong[2];
+        range[0] = offset;
+        range[1] = length;
+        return Errno.FromLibc(ioctl_(fd, BLKZEROOUT, range));
     }
 }

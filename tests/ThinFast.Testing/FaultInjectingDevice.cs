@@ -9,8 +9,9 @@ public enum FaultTargets
     Read = 1,
     Write = 2,
     Flush = 4,
-    Discard = 8,
-    All = Read | Write | Flush | Discard,
+    Deallocate = 8,
+    Zero = 16,
+    All = Read | Write | Flush | Deallocate | Zero,
 }
 
 /// <summary>
@@ -115,12 +116,20 @@ public sealed class FaultInjectingDevice : IBlockDevice
         await _inner.FlushAsync();
     }
 
-    public async ValueTask DiscardAsync(long offset, long length)
+    public async ValueTask DeallocateAsync(long offset, long length)
     {
         await DelayAsync();
-        if (Decide(FaultTargets.Discard, offset, length) != Outcome.Pass)
-            throw Fault("discard", offset);
-        await _inner.DiscardAsync(offset, length);
+        if (Decide(FaultTargets.Deallocate, offset, length) != Outcome.Pass)
+            throw Fault("deallocate", offset);
+        await _inner.DeallocateAsync(offset, length);
+    }
+
+    public async ValueTask ZeroAsync(long offset, long length)
+    {
+        await DelayAsync();
+        if (Decide(FaultTargets.Zero, offset, length) != Outcome.Pass)
+            throw Fault("zero", offset);
+        await _inner.ZeroAsync(offset, length);
     }
 
     public void Grow(long newLength) => _inner.Grow(newLength);

@@ -83,13 +83,32 @@ public sealed class MemoryBlockDevice : IBlockDevice
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask DiscardAsync(long offset, long length)
+    /// <summary>What a deallocation leaves behind. The contract leaves it undefined, so the
+    /// default is garbage: code that relies on deallocated ranges reading zeros fails its tests.</summary>
+    public DeallocateEffect Deallocation { get; set; } = DeallocateEffect.Garbage;
+
+    public long DeallocateCount { get; private set; }
+
+    public ValueTask DeallocateAsync(long offset, long length)
+    {
+        lock (_lock)
+        {
+            CheckOpen();
+            this.ValidateRequest(offset, length, default, isWrite: true);
+            Deallocation.Apply(_data.AsSpan(checked((int)offset), checked((int)length)));
+            DeallocateCount++;
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask ZeroAsync(long offset, long length)
     {
         lock (_lock)
         {
             CheckOpen();
             this.ValidateRequest(offset, length, default, isWrite: true);
             _data.AsSpan(checked((int)offset), checked((int)length)).Clear();
+            WriteCount++;
         }
         return ValueTask.CompletedTask;
     }

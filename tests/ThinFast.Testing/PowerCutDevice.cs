@@ -136,7 +136,24 @@ public sealed class PowerCutDevice : IBlockDevice
         return ValueTask.CompletedTask;
     }
 
-    public ValueTask DiscardAsync(long offset, long length)
+    /// <summary>What a deallocation leaves: garbage by default (the contract leaves it undefined).</summary>
+    public DeallocateEffect Deallocation { get; set; } = DeallocateEffect.Garbage;
+
+    public ValueTask DeallocateAsync(long offset, long length)
+    {
+        lock (_lock)
+        {
+            this.ValidateRequest(offset, length, default, isWrite: true);
+            var after = _current.AsSpan(checked((int)offset), checked((int)length)).ToArray();
+            Deallocation.Apply(after);
+            Count(after, offset);
+            after.CopyTo(_current.AsSpan(checked((int)offset)));
+            _pending.Add((offset, after, false));
+        }
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask ZeroAsync(long offset, long length)
     {
         lock (_lock)
         {

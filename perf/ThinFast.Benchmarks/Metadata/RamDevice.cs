@@ -27,7 +27,9 @@ internal sealed class RamDevice(long length) : IBlockDevice
 
     public ValueTask FlushAsync() => ValueTask.CompletedTask;
 
-    public ValueTask DiscardAsync(long offset, long length)
+    public ValueTask DeallocateAsync(long offset, long length) => ZeroAsync(offset, length);
+
+    public ValueTask ZeroAsync(long offset, long length)
     {
         _data.AsSpan((int)offset, (int)length).Clear();
         return ValueTask.CompletedTask;

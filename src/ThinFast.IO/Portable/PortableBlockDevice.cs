@@ -8,13 +8,16 @@ namespace ThinFast.IO.Portable;
 /// The fallback backend: .NET <see cref="RandomAccess"/> on an O_DIRECT handle. RandomAccess runs
 /// each transfer as a blocking pread/pwrite on the thread pool, so it is slower than io_uring and
 /// allocates per I/O, but it works wherever io_uring is forbidden (containers, seccomp).
-/// FUA is write + fdatasync; discard is a punched hole (files) or BLKDISCARD (block devices).
+/// FUA is write + fdatasync; deallocation is a punched hole (files) or BLKDISCARD (block
+/// devices); zeroing is FALLOC_FL_ZERO_RANGE or BLKZEROOUT, or zeros written where the file system
+/// or device cannot (remembered after the first EOPNOTSUPP).
 /// </summary>
 public sealed class PortableBlockDevice : ISynchronousBlockDevice
 {
     private readonly SafeFileHandle _handle;
     private readonly bool _isBlockDevice;
     private long _length;
+    private volatile bool _zeroRangeUnsupported;
 
     internal PortableBlockDevice(string name, SafeFileHandle handle, DeviceGeometry geometry, bool readOnly)
     {
@@ -53,7 +56,7 @@ public sealed class PortableBlockDevice : ISynchronousBlockDevice
         return new ValueTask(Task.Run(() => Check(Libc.Fdatasync(Fd), "fdatasync")));
     }
 
-    public ValueTask DiscardAsync(long offset, long length)
+    public ValueTask DeallocateAsync(long offset, long length)
     {
         this.ValidateRequest(offset, length, ReadOnlySpan<byte>.Empty, isWrite: true);
         if (length == 0)
@@ -65,6 +68,30 @@ public sealed class PortableBlockDevice : ISynchronousBlockDevice
             else
                 Check(Libc.Fallocate(Fd, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE, offset, length), "fallocate(PUNCH_HOLE)");
         }));
+    }
+
+    public ValueTask ZeroAsync(long offset, long length)
+    {
+        this.ValidateRequest(offset, length, ReadOnlySpan<byte>.Empty, isWrite: true);
+        if (length == 0)
+            return default;
+        return new ValueTask(Task.Run(() => ZeroSynchronously(offset, length)));
+    }
+
+    private void ZeroSynchronously(long offset, long length)
+    {
+        if (!_zeroRangeUnsupported)
+        {
+            int r = _isBlockDevice
+                ? Libc.IoctlBlkZeroOut(Fd, (ulong)offset, (ulong)length)
+                : Libc.Fallocate(Fd, Libc.FALLOC_FL_ZERO_RANGE | Libc.FALLOC_FL_KEEP_SIZE, offset, length);
+            if (r == 0)
+                return;
+            if (BlockErrors.Classify(r) != BlockError.NotSupported)
+                Check(r, _isBlockDevice ? "ioctl(BLKZEROOUT)" : "fallocate(ZERO_RANGE)");
+            _zeroRangeUnsupported = true;
+        }
+        ZeroWriter.WriteZeros(this, offset, length);
     }
 
     public void Grow(long newLength) => FileGrowth.Grow(this, Fd, _isBlockDevice, ref _length, newLength);

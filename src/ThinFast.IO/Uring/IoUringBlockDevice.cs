@@ -7,8 +7,9 @@ namespace ThinFast.IO.Uring;
 /// <summary>
 /// An O_DIRECT file or block device driven by an <see cref="IoUringReactor"/>. Reads and writes
 /// into registered <see cref="NativeBuffer"/>s go out as READ_FIXED/WRITE_FIXED, other memory is
-/// pinned for the duration. FUA is RWF_DSYNC on the write, flush is FSYNC(DATASYNC), discard is
-/// FALLOCATE(PUNCH_HOLE|KEEP_SIZE) for files and BLKDISCARD for block devices.
+/// pinned for the duration. FUA is RWF_DSYNC on the write, flush is FSYNC(DATASYNC), deallocation
+/// is FALLOCATE(PUNCH_HOLE|KEEP_SIZE) for files and BLKDISCARD for block devices, zeroing is
+/// FALLOCATE(ZERO_RANGE|KEEP_SIZE) or BLKZEROOUT, with zeros written where those are unsupported.
 /// </summary>
 public sealed class IoUringBlockDevice : IBlockDevice
 {
@@ -17,6 +18,7 @@ public sealed class IoUringBlockDevice : IBlockDevice
     private readonly bool _isBlockDevice;
     private readonly int _fd;
     private long _length;
+    private volatile bool _zeroRangeUnsupported;
 
     internal IoUringBlockDevice(string name, SafeFileHandle handle, DeviceGeometry geometry, bool readOnly, IoUringReactor reactor)
     {
@@ -67,26 +69,55 @@ public sealed class IoUringBlockDevice : IBlockDevice
         return Start(op);
     }
 
-    public ValueTask DiscardAsync(long offset, long length)
+    public ValueTask DeallocateAsync(long offset, long length)
     {
         this.ValidateRequest(offset, length, ReadOnlySpan<byte>.Empty, isWrite: true);
         if (length == 0)
             return default;
         if (_isBlockDevice)
-        {
-            // BLKDISCARD has no io_uring opcode on the kernels we support and can take a while:
-            // run it off the caller's (possibly the reactor's) thread.
-            return new ValueTask(Task.Run(() =>
-            {
-                int r = Libc.IoctlBlkDiscard(_fd, (ulong)offset, (ulong)length);
-                if (r < 0)
-                    throw BlockErrors.FromErrno(r, Name, "ioctl(BLKDISCARD)");
-            }));
-        }
+            return RunIoctl(Libc.BLKDISCARD, offset, length);
         var op = _reactor.RentOperation();
-        op.PreparePunchHole(Name, _fd, offset, length);
+        op.PrepareFallocate(Name, _fd, offset, length, Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE);
         return Start(op);
     }
+
+    public ValueTask ZeroAsync(long offset, long length)
+    {
+        this.ValidateRequest(offset, length, ReadOnlySpan<byte>.Empty, isWrite: true);
+        if (length == 0)
+            return default;
+        if (_zeroRangeUnsupported)
+            return ZeroWriter.WriteZerosAsync(this, offset, length);
+        if (_isBlockDevice)
+            return ZeroOrWriteZerosAsync(RunIoctl(Libc.BLKZEROOUT, offset, length), offset, length);
+        var op = _reactor.RentOperation();
+        op.PrepareFallocate(Name, _fd, offset, length, Libc.FALLOC_FL_ZERO_RANGE | Libc.FALLOC_FL_KEEP_SIZE);
+        return ZeroOrWriteZerosAsync(Start(op), offset, length);
+    }
+
+    private async ValueTask ZeroOrWriteZerosAsync(ValueTask zeroing, long offset, long length)
+    {
+        try
+        {
+            await zeroing.ConfigureAwait(false);
+        }
+        catch (BlockDeviceException e) when (e.Error == BlockError.NotSupported)
+        {
+            _zeroRangeUnsupported = true;
+            await ZeroWriter.WriteZerosAsync(this, offset, length).ConfigureAwait(false);
+        }
+    }
+
+    // BLKDISCARD and BLKZEROOUT have no io_uring opcode on the kernels we support and can take a
+    // while: run them off the caller's (possibly the reactor's) thread.
+    private ValueTask RunIoctl(ulong request, long offset, long length) => new(Task.Run(() =>
+    {
+        int r = request == Libc.BLKDISCARD
+            ? Libc.IoctlBlkDiscard(_fd, (ulong)offset, (ulong)length)
+            : Libc.IoctlBlkZeroOut(_fd, (ulong)offset, (ulong)length);
+        if (r < 0)
+            throw BlockErrors.FromErrno(r, Name, request == Libc.BLKDISCARD ? "ioctl(BLKDISCARD)" : "ioctl(BLKZEROOUT)");
+    }));
 
     public void Grow(long newLength) => FileGrowth.Grow(this, _fd, _isBlockDevice, ref _length, newLength);
 

@@ -93,10 +93,13 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource, IValueTaskSour
         _opFlags = IoUring.IORING_FSYNC_DATASYNC;
     }
 
-    public void PreparePunchHole(string deviceName, int fd, long offset, long length)
+    /// <summary>fallocate(2) with <paramref name="mode"/> (FALLOC_FL_PUNCH_HOLE or
+    /// FALLOC_FL_ZERO_RANGE, with KEEP_SIZE).</summary>
+    public void PrepareFallocate(string deviceName, int fd, long offset, long length, int mode)
     {
         Init(deviceName, fd, offset, length);
         _opcode = IoUring.IORING_OP_FALLOCATE;
+        _opFlags = (uint)mode;
     }
 
     private void Init(string deviceName, int fd, long offset, long length)
@@ -132,7 +135,7 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource, IValueTaskSour
                 // FALLOCATE reuses the fields: addr is the length, len is the mode.
                 sqe->Off = (ulong)_offset;
                 sqe->Addr = (ulong)_length;
-                sqe->Len = Libc.FALLOC_FL_PUNCH_HOLE | Libc.FALLOC_FL_KEEP_SIZE;
+                sqe->Len = _opFlags;
                 break;
             case IoUring.IORING_OP_SEND:
             case IoUring.IORING_OP_RECV:
@@ -200,7 +203,7 @@ internal sealed unsafe class IoUringOperation : IValueTaskSource, IValueTaskSour
         IoUring.IORING_OP_READ or IoUring.IORING_OP_READ_FIXED => "read",
         IoUring.IORING_OP_WRITE or IoUring.IORING_OP_WRITE_FIXED => "write",
         IoUring.IORING_OP_FSYNC => "fdatasync",
-        IoUring.IORING_OP_FALLOCATE => "fallocate(PUNCH_HOLE)",
+        IoUring.IORING_OP_FALLOCATE => (_opFlags & Libc.FALLOC_FL_ZERO_RANGE) != 0 ? "fallocate(ZERO_RANGE)" : "fallocate(PUNCH_HOLE)",
         IoUring.IORING_OP_SEND => "send",
         IoUring.IORING_OP_RECV => "recv",
         _ => "op " + _opcode,
