@@ -1,24 +1,33 @@
+using ThinFast.IO;
+
 namespace ThinFast.Engine;
 
 /// <summary>
 /// Counts a volume's requests in flight so a snapshot or delete can pause new ones and wait for
 /// the rest to finish (dm-thin asks userspace to suspend the origin before create_snap; we do it
 /// ourselves). Entering an open gate is one lock and an increment.
+/// Requests queued for data space are <em>parked</em>: they have written nothing yet for the block
+/// they wait on and may wait for minutes, so a snapshot does not wait for them (it holds what was
+/// completed before it, and a parked write completes after it), and a delete fails them.
 /// </summary>
 internal sealed class IoGate
 {
     private readonly object _lock = new();
     private int _inFlight;
+    private int _parked;
     private bool _closed;
     private string? _retiredReason;
     private PooledSignal? _waitingToEnter;
+
+    /// <summary>Why the gate is closed for good, or null.</summary>
+    public string? RetiredReason => Volatile.Read(ref _retiredReason);
 
     public ValueTask EnterAsync()
     {
         lock (_lock)
         {
             if (_retiredReason is not null)
-                return ValueTask.FromException(new ThinFast.IO.BlockDeviceException(ThinFast.IO.BlockError.Unavailable, _retiredReason));
+                return ValueTask.FromException(new BlockDeviceException(BlockError.Unavailable, _retiredReason));
             if (!_closed)
             {
                 _inFlight++;
@@ -35,23 +44,47 @@ internal sealed class IoGate
     {
         lock (_lock)
         {
-            if (--_inFlight == 0 && _closed)
+            if (--_inFlight - _parked == 0 && _closed)
                 Monitor.PulseAll(_lock);
         }
     }
 
-    /// <summary>Stops new requests and blocks until those in flight have finished.</summary>
-    public void CloseAndDrain()
+    /// <summary>The calling request starts waiting for data space.</summary>
+    public void Park()
+    {
+        lock (_lock)
+        {
+            if (_inFlight - ++_parked == 0 && _closed)
+                Monitor.PulseAll(_lock);
+        }
+    }
+
+    public void Unpark()
+    {
+        lock (_lock)
+            _parked--;
+    }
+
+    /// <summary>Stops new requests and blocks until those in flight, other than parked ones,
+    /// have finished. Refuses with "busy" when they take longer than <paramref name="timeout"/>
+    /// (a device that stopped answering), leaving the gate open.</summary>
+    public void CloseAndDrain(TimeSpan timeout, string what)
     {
         lock (_lock)
         {
             _closed = true;
-            WaitForDrain();
+            if (!WaitLocked(countParked: false, timeout))
+            {
+                int active = _inFlight - _parked;
+                OpenLocked();
+                throw new PoolException($"cannot {what}: busy, {active} requests in flight did not finish within {timeout.TotalSeconds:0.#} s");
+            }
         }
     }
 
     /// <summary>Closes the gate for good (the volume was deleted or the pool closed): requests
-    /// waiting to enter, and any later ones, fail with <paramref name="reason"/>.</summary>
+    /// waiting to enter, and any later ones, fail with <paramref name="reason"/>. Does not wait;
+    /// see <see cref="WaitUntilEmpty"/>.</summary>
     public void Retire(string reason)
     {
         PooledSignal? waiters;
@@ -59,11 +92,10 @@ internal sealed class IoGate
         {
             _retiredReason = reason;
             _closed = true;
-            WaitForDrain();
             waiters = _waitingToEnter;
             _waitingToEnter = null;
         }
-        var error = new ThinFast.IO.BlockDeviceException(ThinFast.IO.BlockError.Unavailable, reason);
+        var error = new BlockDeviceException(BlockError.Unavailable, reason);
         while (waiters is not null)
         {
             var next = waiters.Next;
@@ -73,30 +105,48 @@ internal sealed class IoGate
         }
     }
 
+    /// <summary>Waits for every request inside, parked ones included (fail those first).
+    /// Returns false after <paramref name="timeout"/>.</summary>
+    public bool WaitUntilEmpty(TimeSpan timeout)
+    {
+        lock (_lock)
+            return WaitLocked(countParked: true, timeout);
+    }
+
     // Called with _lock held. Requests in flight may need the io_uring reactor to finish, so
     // waiting for them on that thread could never end: refuse instead of hanging. (With nothing
     // in flight, closing on the reactor thread is fine.)
-    private void WaitForDrain()
+    private bool WaitLocked(bool countParked, TimeSpan timeout)
     {
-        if (_inFlight > 0 && ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
+        int Active() => countParked ? _inFlight : _inFlight - _parked;
+        if (Active() > 0 && ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
             throw new InvalidOperationException(
-                $"{_inFlight} requests are in flight and this is the io_uring reactor thread that must complete them: pause or close the volume from another thread");
-        while (_inFlight > 0)
-            Monitor.Wait(_lock);
+                $"{Active()} requests are in flight and this is the io_uring reactor thread that must complete them: pause or close the volume from another thread");
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (Active() > 0)
+        {
+            long left = deadline - Environment.TickCount64;
+            if (left <= 0 || !Monitor.Wait(_lock, (int)Math.Min(left, int.MaxValue)) && Active() > 0 && Environment.TickCount64 >= deadline)
+                return false;
+        }
+        return true;
     }
 
     /// <summary>Lets paused requests in again.</summary>
     public void Open()
     {
-        PooledSignal? waiters;
         lock (_lock)
-        {
-            _closed = false;
-            waiters = _waitingToEnter;
-            _waitingToEnter = null;
-            for (var w = waiters; w is not null; w = w.Next)
-                _inFlight++;
-        }
+            OpenLocked();
+    }
+
+    private void OpenLocked()
+    {
+        _closed = false;
+        var waiters = _waitingToEnter;
+        _waitingToEnter = null;
+        for (var w = waiters; w is not null; w = w.Next)
+            _inFlight++;
+        // Completing runs continuations on the thread pool (PooledSignal), never inside this lock.
         while (waiters is not null)
         {
             var next = waiters.Next;

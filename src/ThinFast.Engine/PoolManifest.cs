@@ -26,6 +26,12 @@ public sealed record PoolManifest
 
     public int Version { get; init; } = CurrentVersion;
     public List<VolumeRecord> Volumes { get; init; } = new();
+    /// <summary>Highest thin device id ever handed out: ids are never reused, so nothing that
+    /// still refers to a deleted volume's id can reach a newer volume.</summary>
+    public uint HighestDeviceId { get; init; }
+    /// <summary>Devices being created or deleted (the intent log): one still in the metadata and
+    /// named by no volume at open was left by a crash and is reclaimed.</summary>
+    public List<uint> PendingDeviceIds { get; init; } = new();
 
     public static PoolManifest Load(string path)
     {

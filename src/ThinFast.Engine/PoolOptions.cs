@@ -20,6 +20,10 @@ public sealed record PoolOptions
     /// no_space_timeout, default 60 s). Zero queues for ever.</summary>
     public TimeSpan NoSpaceTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>How long a snapshot, delete or close waits for a volume's requests in flight
+    /// (not those queued for data space) before it answers "busy".</summary>
+    public TimeSpan AdminDrainTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Commit changed metadata at least this often (dm-thin: 1 s).</summary>
     public TimeSpan CommitInterval { get; init; } = TimeSpan.FromSeconds(1);
 

@@ -26,6 +26,9 @@ internal sealed class PooledSignal : IValueTaskSource
     /// <summary>What the waiter asked for (e.g. an exclusive lock); owned by the queue.</summary>
     public int Tag;
 
+    /// <summary>Who the waiter belongs to (a volume's gate in the no-space queue); owned by the queue.</summary>
+    public object? Owner;
+
     public static PooledSignal Rent() => s_pool.Rent();
 
     public ValueTask Task => new(this, _core.Version);

@@ -22,13 +22,11 @@ public sealed partial class ThinPool
     /// share the next one.</summary>
     public ValueTask FlushAsync()
     {
+        if (_mode == PoolMode.Fail)
+            return ValueTask.FromException(new BlockDeviceException(BlockError.IoError, "pool is in fail mode"));
+        // Every mapping is committed, so only the data writes need to reach the media.
         if (!_dirty)
-        {
-            // Every mapping is committed, so only the data writes need to reach the media.
-            return _mode == PoolMode.Fail
-                ? ValueTask.FromException(new BlockDeviceException(BlockError.IoError, "pool is in fail mode"))
-                : Data.FlushAsync();
-        }
+            return FlushDataAsync();
         var waiter = PooledSignal.Rent();
         lock (_waitersLock)
         {
@@ -59,11 +57,12 @@ public sealed partial class ThinPool
             if (_stopping && waiters is null)
                 return;
             Exception? failure = null;
+            List<ulong>? freed = null;
             if (waiters is not null || _dirty)
             {
                 try
                 {
-                    CommitCore();
+                    freed = CommitAndTakeFreed(mustCommit: false);
                 }
                 catch (Exception e)
                 {
@@ -80,28 +79,42 @@ public sealed partial class ThinPool
                     waiters.Fail(new BlockDeviceException(BlockError.IoError, $"commit failed: {failure.Message}", inner: failure));
                 waiters = next;
             }
+            // Discards go down after the FLUSH callers have their answer: they only wait on the
+            // commit, never on the discards.
+            PassDownAndRelease(freed);
+            SignalSpace();
             ExpireSpaceWaiters();
         }
     }
 
     /// <summary>dm-thin's commit order: data device flushed first, so every block the new
     /// metadata references has durable contents; then the metadata commit (its own blocks, flush,
-    /// superblock, flush).</summary>
+    /// superblock, flush); then the discards of blocks the commit unmapped.</summary>
     private void CommitCore()
     {
-        lock (_commitLock)
-            CommitLocked();
+        var freed = CommitAndTakeFreed(mustCommit: true);
+        PassDownAndRelease(freed);
         // A commit is where blocks freed in the transaction become allocatable again.
         SignalSpace();
     }
 
-    private void CommitLocked()
+    /// <summary>Commits; returns the blocks the commit made free that wait for their discard.
+    /// <paramref name="mustCommit"/>: an administrative change must reach the metadata, so a pool
+    /// that went read-only meanwhile is an error, not a data-only flush.</summary>
+    private List<ulong>? CommitAndTakeFreed(bool mustCommit)
+    {
+        lock (_commitLock)
+            return CommitLocked(mustCommit);
+    }
+
+    private List<ulong>? CommitLocked(bool mustCommit)
     {
         if (_mode == PoolMode.Fail)
             throw new BlockDeviceException(BlockError.IoError, "pool is in fail mode");
         // The first flush, without the metadata lock, carries the bulk of the dirty data while
         // lookups go on. Mappings inserted after it started may have data it did not cover; a
         // second flush under the lock covers them, and is skipped when there were none.
+        long generation = BeginFlush(out long durableBefore);
         long changesBefore = Interlocked.Read(ref _mappingChanges);
         try
         {
@@ -109,7 +122,7 @@ public sealed partial class ThinPool
         }
         catch (Exception e)
         {
-            SetMode(PoolMode.ReadOnly, $"data device flush failed: {e.Message}");
+            DataFlushFailed(durableBefore, e);
             throw;
         }
         // Raised before the lock is taken, so reactor continuations that see it go elsewhere
@@ -118,19 +131,40 @@ public sealed partial class ThinPool
         _metadataLock.EnterWriteLock();
         try
         {
-            if (!_dirty && _mode != PoolMode.ReadOnly)
-                return;
+            if (_mode == PoolMode.ReadOnly && mustCommit)
+                throw new PoolException("the pool went read-only before the change was committed (see pool status and the log)");
+            // Read-only: nothing is committed any more, but in-place writes still needed the flush.
+            if (_mode == PoolMode.ReadOnly || !_dirty)
+            {
+                FlushSucceeded(generation);
+                return null;
+            }
             if (_mappingChanges != changesBefore)
-                DataFlush.Flush();
-            if (_mode == PoolMode.ReadOnly)
-                return;
-            _metadata.Commit();
+            {
+                try
+                {
+                    DataFlush.Flush();
+                }
+                catch (Exception e)
+                {
+                    string why = $"data device flush failed: {e.Message}";
+                    DurabilityLost(durableBefore, why);
+                    AbortLocked(why);
+                    throw;
+                }
+            }
+            try
+            {
+                _metadata.Commit();
+            }
+            catch (Exception e)
+            {
+                AbortAndDegrade(e, durableBefore);
+                throw;
+            }
             _dirty = false;
-        }
-        catch (Exception e)
-        {
-            AbortAndDegrade(e);
-            throw;
+            FlushSucceeded(generation);
+            return TakePassdownLocked();
         }
         finally
         {

@@ -98,24 +98,4 @@ public sealed partial class ThinPool
             ReturnBounce(bounce);
         }
     }
-
-    /// <summary>Discards data blocks nobody maps any more on the data device (dm-thin's
-    /// discard_passdown), coalescing runs. Safe before the commit: blocks freed in the open
-    /// transaction are not reused until it commits, and a crash that brings back their old
-    /// mappings only shows discarded (zeroed) data where a discard was asked for.</summary>
-    internal async ValueTask PassDownAsync(List<ulong> freed)
-    {
-        if (!Options.DiscardPassdown || freed.Count == 0)
-            return;
-        freed.Sort();
-        int i = 0;
-        while (i < freed.Count)
-        {
-            int j = i + 1;
-            while (j < freed.Count && freed[j] == freed[j - 1] + 1)
-                j++;
-            await Data.DeallocateAsync((long)freed[i] * BlockSize, (long)(j - i) * BlockSize);
-            i = j;
-        }
-    }
 }

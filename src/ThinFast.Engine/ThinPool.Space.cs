@@ -10,12 +10,15 @@ public sealed partial class ThinPool
     private PooledSignal? _spaceWaiters;
     private long _spaceWaitDeadline;
 
-    /// <summary>Allocates one data block (reference count 1). Out of space it commits once (blocks
-    /// freed in the open transaction become usable only then), then either fails with
-    /// <see cref="BlockError.NoSpace"/> or queues until the pool grows or space is freed, for at
-    /// most <see cref="PoolOptions.NoSpaceTimeout"/>.</summary>
+    /// <summary>Reserves one data block for a write that fills it and then maps it
+    /// (<see cref="InsertMapping"/>) or gives it back (<see cref="ReleaseDataBlock"/>). Out of
+    /// space it commits once (blocks freed in the open transaction become usable only then), then
+    /// either fails with <see cref="BlockError.NoSpace"/> or parks the request in
+    /// <paramref name="gate"/> and queues it until the pool grows or space is freed, for at most
+    /// <see cref="PoolOptions.NoSpaceTimeout"/>. <paramref name="mayWait"/> false (FAST_ZERO)
+    /// refuses with <see cref="BlockError.NotSupported"/> instead of waiting.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    internal async ValueTask<ulong> AllocateDataBlockAsync()
+    internal async ValueTask<ulong> AllocateDataBlockAsync(IoGate gate, bool mayWait = true)
     {
         bool committed = false;
         while (true)
@@ -26,8 +29,12 @@ public sealed partial class ThinPool
                 case PoolMode.Fail:
                     throw new BlockDeviceException(BlockError.IoError, $"cannot allocate: pool is in {_mode} mode");
             }
+            if (gate.RetiredReason is { } retired)
+                throw new BlockDeviceException(BlockError.Unavailable, retired);
             if (TryAllocate(out ulong block))
                 return block;
+            if (!mayWait)
+                throw new BlockDeviceException(BlockError.NotSupported, "no data block is free now, and the request may not wait for one");
             if (!committed && _dirty)
             {
                 committed = true;
@@ -35,9 +42,17 @@ public sealed partial class ThinPool
                 continue;
             }
             SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
-            if (Options.ErrorIfNoSpace || _noSpaceTimedOut)
+            if (Options.ErrorIfNoSpace || _noSpaceTimedOut || _closing)
                 throw NoSpace();
-            await WaitForSpaceAsync();
+            gate.Park();
+            try
+            {
+                await WaitForSpaceAsync(gate);
+            }
+            finally
+            {
+                gate.Unpark();
+            }
         }
     }
 
@@ -47,15 +62,11 @@ public sealed partial class ThinPool
         _metadataLock.EnterWriteLock();
         try
         {
+            // A reservation changes nothing on disk (the block is written out free until its
+            // mapping is inserted), so it does not dirty the transaction.
             if (!_metadata.TryAllocateDataBlock(out block))
                 return false;
-            _dirty = true;
             free = _metadata.FreeDataBlocks;
-        }
-        catch (Exception e) when (!IsCallerError(e))
-        {
-            AbortAndDegrade(e);
-            throw;
         }
         finally
         {
@@ -69,9 +80,10 @@ public sealed partial class ThinPool
         return true;
     }
 
-    private ValueTask WaitForSpaceAsync()
+    private ValueTask WaitForSpaceAsync(IoGate owner)
     {
         var waiter = PooledSignal.Rent();
+        waiter.Owner = owner;
         lock (_spaceLock)
         {
             if (_spaceWaiters is null && Options.NoSpaceTimeout > TimeSpan.Zero)
@@ -88,7 +100,7 @@ public sealed partial class ThinPool
     /// delete, grow); they retry, and queue again if there is still none.</summary>
     private void SignalSpace()
     {
-        ulong free = ReadMetadata(m => m.FreeDataBlocks);
+        ulong free = ReadMetadata(m => m.AllocatableDataBlocks);
         if (free == 0)
             return;
         if ((long)free > Options.LowWaterBlocks)
@@ -108,6 +120,7 @@ public sealed partial class ThinPool
         {
             var next = waiters.Next;
             waiters.Next = null;
+            waiters.Owner = null;
             waiters.Complete();
             waiters = next;
         }
@@ -127,20 +140,38 @@ public sealed partial class ThinPool
         FailSpaceWaiters(NoSpace());
     }
 
-    private void FailSpaceWaiters(Exception error)
+    /// <summary>Fails queued allocations: those of one volume (<paramref name="owner"/>, a
+    /// volume being deleted) or, with null, all of them.</summary>
+    private void FailSpaceWaiters(Exception error, IoGate? owner = null)
     {
-        PooledSignal? waiters;
+        PooledSignal? failed = null;
         lock (_spaceLock)
         {
-            waiters = _spaceWaiters;
-            _spaceWaiters = null;
+            PooledSignal? kept = null;
+            for (var w = _spaceWaiters; w is not null;)
+            {
+                var next = w.Next;
+                if (owner is null || ReferenceEquals(w.Owner, owner))
+                {
+                    w.Next = failed;
+                    failed = w;
+                }
+                else
+                {
+                    w.Next = kept;
+                    kept = w;
+                }
+                w = next;
+            }
+            _spaceWaiters = kept;
         }
-        while (waiters is not null)
+        while (failed is not null)
         {
-            var next = waiters.Next;
-            waiters.Next = null;
-            waiters.Fail(error);
-            waiters = next;
+            var next = failed.Next;
+            failed.Next = null;
+            failed.Owner = null;
+            failed.Fail(error);
+            failed = next;
         }
     }
 

@@ -50,6 +50,7 @@ public sealed partial class ThinPool : IDisposable
     private long _mappingChanges;
     private bool _lowWaterFired;
     private bool _noSpaceTimedOut;
+    private volatile bool _closing;
     private bool _disposed;
 
     private ThinPool(PoolDevices devices, PoolOptions options, ThinMetadata metadata, PoolManifest manifest)
@@ -116,6 +117,10 @@ public sealed partial class ThinPool : IDisposable
             var pool = new ThinPool(devices, options with { BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512)) }, metadata, manifest);
             foreach (var v in manifest.Volumes)
                 pool._volumes[v.Name] = pool.Activate(v);
+            pool.PublishVolumes();
+            pool.ReclaimOrphans();
+            if (metadata.NeedsCheck)
+                pool.SetMode(PoolMode.ReadOnly, "the metadata has needs_check set (an earlier failure may have lost writes): run `thinfast pool check` and clear the flag before writing");
             return pool;
         }
         catch
@@ -158,12 +163,16 @@ public sealed partial class ThinPool : IDisposable
                 if (_volumes.ContainsKey(name))
                     throw new PoolException($"a volume named '{name}' already exists");
                 uint id = NextDeviceId();
+                // Intent first: a crash after the metadata commit and before the manifest names
+                // the volume leaves a device the next open finds and reclaims.
+                SaveManifest(_manifest with { PendingDeviceIds = [.. _manifest.PendingDeviceIds, id], HighestDeviceId = id });
                 MutateMetadata(m => m.CreateThin(id));
                 CommitCore();
                 var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = origin?.Length };
-                SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record] });
+                SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record], PendingDeviceIds = _manifest.PendingDeviceIds.Where(p => p != id).ToList() });
                 var volume = new ThinVolume(this, record, origin);
                 _volumes[name] = volume;
+                PublishVolumes();
                 return volume;
             }
         }
@@ -190,16 +199,18 @@ public sealed partial class ThinPool : IDisposable
             IBlockDevice? origin = sourceRecord.OriginPath is null ? null : OpenOrigin(sourceRecord.OriginPath, sourceRecord.OriginSize, name);
             try
             {
-                source.Gate.CloseAndDrain();
+                source.Gate.CloseAndDrain(Options.AdminDrainTimeout, $"snapshot '{sourceName}'");
                 try
                 {
                     uint id = NextDeviceId();
+                    SaveManifest(_manifest with { PendingDeviceIds = [.. _manifest.PendingDeviceIds, id], HighestDeviceId = id });
                     MutateMetadata(m => m.CreateSnapshot(id, sourceRecord.DeviceId));
                     CommitCore();
                     var record = sourceRecord with { Name = name, DeviceId = id };
-                    SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record] });
+                    SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record], PendingDeviceIds = _manifest.PendingDeviceIds.Where(p => p != id).ToList() });
                     var volume = new ThinVolume(this, record, origin);
                     _volumes[name] = volume;
+                    PublishVolumes();
                     return volume;
                 }
                 finally
@@ -215,23 +226,73 @@ public sealed partial class ThinPool : IDisposable
         }
     }
 
-    /// <summary>Deletes a volume and frees the blocks only it used. The volume must not be in use:
-    /// its I/O gate is closed for good first.</summary>
+    /// <summary>Deletes a volume and frees the blocks only it used. Its requests queued for data
+    /// space fail, those in flight finish, and every later request on it fails: connections
+    /// still open on it get EIO, never another volume's data.</summary>
     public void DeleteVolume(string name)
     {
         lock (_adminLock)
         {
             ThrowIfNotWritable("delete a volume");
             var volume = GetVolume(name);
-            volume.Gate.Retire($"volume '{name}' was deleted");
-            // Manifest first: a crash after it leaves an orphan device in the metadata (space held,
-            // nothing visible), never a manifest entry without its device.
-            SaveManifest(_manifest with { Volumes = _manifest.Volumes.Where(v => v.Name != name).ToList() });
+            string reason = $"volume '{name}' was deleted";
+            volume.Retire(reason);
+            FailSpaceWaiters(new BlockDeviceException(BlockError.Unavailable, reason), volume.Gate);
+            if (!volume.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))
+                Log($"delete of '{name}': requests still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s; deleting anyway (they fail)");
+            // Intent first: the manifest drops the volume and names its device as pending, so a
+            // crash before the metadata commit leaves a device the next open reclaims, never a
+            // manifest entry without its device.
+            var before = _manifest;
+            SaveManifest(_manifest with
+            {
+                Volumes = _manifest.Volumes.Where(v => v.Name != name).ToList(),
+                PendingDeviceIds = [.. _manifest.PendingDeviceIds, volume.DeviceId],
+            });
+            try
+            {
+                MutateMetadata(m => m.DeleteDevice(volume.DeviceId));
+            }
+            catch
+            {
+                // Nothing reached the metadata (the transaction was aborted): put the volume
+                // back as it was, so a failed delete changes nothing.
+                SaveManifest(before);
+                _volumes[name] = Activate(volume.Record);
+                PublishVolumes();
+                volume.DisposeOrigin();
+                throw;
+            }
+            // A failed commit may still have landed (its superblock written, the flush after it
+            // failed): the volume stays deleted in the manifest and its id pending, and the next
+            // open finishes the delete.
             _volumes.Remove(name);
+            PublishVolumes();
             volume.DisposeOrigin();
-            MutateMetadata(m => m.DeleteDevice(volume.DeviceId));
             CommitCore();
+            SaveManifest(_manifest with { PendingDeviceIds = _manifest.PendingDeviceIds.Where(p => p != volume.DeviceId).ToList() });
         }
+    }
+
+    /// <summary>Deletes the devices a crash left between the manifest and the metadata: named
+    /// pending in the manifest but belonging to no volume.</summary>
+    private void ReclaimOrphans()
+    {
+        if (_manifest.PendingDeviceIds.Count == 0)
+            return;
+        var named = _manifest.Volumes.Select(v => v.DeviceId).ToHashSet();
+        var orphans = _manifest.PendingDeviceIds.Where(id => !named.Contains(id)).ToList();
+        foreach (uint id in orphans)
+        {
+            if (ReadMetadata(m => m.DeviceExists(id)))
+            {
+                MutateMetadata(m => m.DeleteDevice(id));
+                Log($"reclaimed thin device {id}: a crash left it in the metadata without a volume");
+            }
+        }
+        if (_dirty)
+            CommitCore();
+        SaveManifest(_manifest with { PendingDeviceIds = [] });
     }
 
     private ThinVolume Activate(VolumeRecord record)
@@ -286,14 +347,16 @@ public sealed partial class ThinPool : IDisposable
         return origin;
     }
 
+    /// <summary>A device id never used in this pool: above every id in the metadata and every id
+    /// the manifest ever handed out, so a connection still open on a deleted volume can never see
+    /// a new volume's mappings under the old id.</summary>
     private uint NextDeviceId()
     {
-        // dm-thin message ids are below 2^24; reuse the lowest free one.
-        var used = new HashSet<ulong>(ReadMetadata(m => m.DeviceIds.ToArray()));
-        for (uint id = 1; id < 1u << 24; id++)
-            if (!used.Contains(id))
-                return id;
-        throw new PoolException("no free device id (2^24 devices exist)");
+        ulong highest = Math.Max(_manifest.HighestDeviceId, ReadMetadata(m => m.DeviceIds.Count == 0 ? 0 : m.DeviceIds.Max()));
+        // dm-thin message ids are below 2^24.
+        if (highest + 1 >= 1u << 24)
+            throw new PoolException("no unused device id is left (2^24 have been used)");
+        return (uint)(highest + 1);
     }
 
     private void SaveManifest(PoolManifest manifest)
@@ -380,9 +443,10 @@ public sealed partial class ThinPool : IDisposable
     internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
         MutateMetadata((deviceId, virtualBlock, dataBlock), static (m, s) => m.Insert(s.deviceId, s.virtualBlock, s.dataBlock));
 
-    /// <summary>Unmaps blocks [first, end) of a device; returns the data blocks nobody references
-    /// any more (for discard passdown) into <paramref name="freed"/>.</summary>
-    internal void UnmapRange(uint deviceId, ulong first, ulong end, List<ulong> freed)
+    /// <summary>Unmaps blocks [first, end) of a device. Data blocks nobody references any more
+    /// are discarded on the data device once the commit that frees them is durable
+    /// (ThinPool.Passdown.cs).</summary>
+    internal void UnmapRange(uint deviceId, ulong first, ulong end)
     {
         Span<MappedRange> runs = stackalloc MappedRange[64];
         _metadataLock.EnterWriteLock();
@@ -400,7 +464,7 @@ public sealed partial class ThinPool : IDisposable
                     {
                         _metadata.Remove(deviceId, run.VirtualBlock + i);
                         if (_metadata.GetDataBlockRefCount(run.DataBlock + i) == 0)
-                            freed.Add(run.DataBlock + i);
+                            QueuePassdownLocked(run.DataBlock + i);
                     }
                     cursor = run.VirtualBlock + run.Length;
                 }
@@ -419,32 +483,51 @@ public sealed partial class ThinPool : IDisposable
         }
     }
 
+    /// <summary>Gives back a block reserved by <see cref="AllocateDataBlockAsync"/> whose write
+    /// failed. Nothing on disk changes: a reservation is never written out.</summary>
     internal void ReleaseDataBlock(ulong dataBlock)
     {
+        _metadataLock.EnterWriteLock();
         try
         {
-            MutateMetadata(dataBlock, static (m, block) => m.ReleaseDataBlock(block));
+            // After an abort the reservation is already gone with the transaction it was made in.
+            if (_metadata.ReservedDataBlocks > 0)
+                _metadata.ReleaseDataBlock(dataBlock);
         }
-        catch (Exception e)
+        catch (ArgumentOutOfRangeException)
         {
-            // dm-thin leaves such a block allocated until repair (quirk Q5); the pool is already
-            // degraded if this failed, so only report it.
-            Log($"could not release data block {dataBlock} after a failed write: {e.Message}");
+            // Reserved before an abort reloaded the space map: nothing to give back.
+        }
+        finally
+        {
+            _metadataLock.ExitWriteLock();
         }
     }
 
-    private void AbortAndDegrade(Exception cause)
+    /// <summary>A metadata operation or commit failed: the open transaction is dropped, and with
+    /// it every change since the last commit (ThinPool.Durability.cs). Called with the metadata
+    /// lock held exclusively.</summary>
+    private void AbortAndDegrade(Exception cause, long? durableBefore = null)
     {
+        string why = $"metadata operation failed, transaction aborted: {cause.Message}";
+        DurabilityLost(durableBefore ?? Volatile.Read(ref _durableThrough), why);
+        AbortLocked(why);
+    }
+
+    private void AbortLocked(string why)
+    {
+        _passdownPending.Clear();
         try
         {
             _metadata.Abort();
             _dirty = false;
-            SetMode(PoolMode.ReadOnly, $"metadata operation failed, transaction aborted: {cause.Message}");
         }
         catch (Exception e)
         {
             SetMode(PoolMode.Fail, $"metadata abort failed: {e.Message}");
+            return;
         }
+        RecordNeedsCheckLocked(why);
     }
 
     // ---- Modes, status, events ----
@@ -463,7 +546,7 @@ public sealed partial class ThinPool : IDisposable
     private void ThrowIfNotWritable(string what)
     {
         if (_mode is PoolMode.ReadOnly or PoolMode.Fail)
-            throw new PoolException($"cannot {what}: the pool is {(_mode == PoolMode.ReadOnly ? "read-only after a metadata failure" : "in fail mode")}");
+            throw new PoolException($"cannot {what}: the pool is {(_mode == PoolMode.ReadOnly ? "read-only after a failure (see pool status and the log)" : "in fail mode")}");
     }
 
     internal void Log(string message) => Options.Log?.Invoke(message);
@@ -496,8 +579,17 @@ public sealed partial class ThinPool : IDisposable
                 return;
             _disposed = true;
         }
+        // Writes queued for space fail first: the drain below would otherwise wait for them.
+        _closing = true;
+        var closed = new BlockDeviceException(BlockError.Unavailable, "pool is closing");
         foreach (var v in _volumes.Values)
-            v.Gate.Retire("the pool is closed");
+            v.Retire("the pool is closed");
+        FailSpaceWaiters(closed);
+        foreach (var v in _volumes.Values)
+        {
+            if (!v.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))
+                Log($"closing: requests on '{v.Name}' still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s");
+        }
         StopCommitThread();
         if (_mode is PoolMode.Write or PoolMode.OutOfDataSpace)
         {
@@ -510,7 +602,6 @@ public sealed partial class ThinPool : IDisposable
                 Log($"final commit failed: {e.Message}");
             }
         }
-        FailSpaceWaiters(new BlockDeviceException(BlockError.Unavailable, "pool is closing"));
         foreach (var v in _volumes.Values)
             v.DisposeOrigin();
         _metadata.Dispose();

@@ -21,6 +21,13 @@ public sealed partial class ThinVolume : IBlockVolume
 
     internal readonly IoGate Gate = new();
 
+    // The flush generation when the last write, discard or zeroing completed (ThinPool.Durability.cs);
+    // -1: nothing changed since the pool opened.
+    private long _lastChange = -1;
+    // Set for good once writes of this volume may have been lost: FLUSH and FUA fail from then on.
+    private volatile string? _lostWrites;
+    private volatile string? _retired;
+
     internal ThinVolume(ThinPool pool, VolumeRecord record, IBlockDevice? origin, string? unavailable = null)
     {
         _pool = pool;
@@ -51,6 +58,27 @@ public sealed partial class ThinVolume : IBlockVolume
 
     /// <summary>Number of data blocks mapped by this volume (dm-thin's mapped_blocks).</summary>
     public ulong MappedBlocks => _pool.MappedBlocks(DeviceId);
+
+    /// <summary>Why acknowledged writes of this volume may have been lost, or null.</summary>
+    public string? LostWritesReason => _lostWrites;
+
+    /// <summary>The volume was deleted or the pool closed: every request fails from now on.</summary>
+    internal void Retire(string reason)
+    {
+        _retired = reason;
+        Gate.Retire(reason);
+    }
+
+    // Called when a write completes, before it is acknowledged.
+    private void MarkChanged() => Volatile.Write(ref _lastChange, _pool.FlushGeneration);
+
+    internal bool MarkLostIfChangedSince(long durableBefore, string why)
+    {
+        if (Volatile.Read(ref _lastChange) < durableBefore || _lostWrites is not null)
+            return false;
+        _lostWrites = why;
+        return true;
+    }
 
     internal void DisposeOrigin()
     {
@@ -244,6 +272,7 @@ public sealed partial class ThinVolume : IBlockVolume
                     await _pool.WriteAnyAsync((long)mapping.DataBlock * _blockSize + offset % _blockSize, source);
                 else
                     await WriteBlockAsync(block, (int)(offset % _blockSize), source);
+                MarkChanged();
             }
             finally
             {
@@ -280,6 +309,7 @@ public sealed partial class ThinVolume : IBlockVolume
                         await WriteBlockAsync((ulong)(p / _blockSize), inBlock, source.Slice(done + segmentDone, piece));
                         segmentDone += piece;
                     }
+                    MarkChanged();
                 }
                 finally
                 {
@@ -295,7 +325,7 @@ public sealed partial class ThinVolume : IBlockVolume
         // FUA: the data must be durable, and so must the mapping if the write provisioned; a
         // flush does both (it commits only when something changed).
         if ((flags & WriteFlags.ForceUnitAccess) != 0)
-            await _pool.FlushAsync();
+            await FlushAsync();
     }
 
     /// <summary>Writes inside one locked block.</summary>
@@ -318,7 +348,7 @@ public sealed partial class ThinVolume : IBlockVolume
         // of state-machine boxes per write).
         if (_pool.CommitRunning && ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
             await Task.Yield();
-        ulong newBlock = await _pool.AllocateDataBlockAsync();
+        ulong newBlock = await _pool.AllocateDataBlockAsync(Gate);
         try
         {
             await BuildBlockAsync(block, newBlock, mapped ? mapping.DataBlock : ulong.MaxValue, inBlock, data);
@@ -380,12 +410,28 @@ public sealed partial class ThinVolume : IBlockVolume
 
     // ---- Flush, discard, write-zeroes ----
 
+    /// <summary>Makes this volume's completed writes durable. Fails with EIO for good once any of
+    /// them may have been lost (a failed flush or commit), even when later flushes succeed.</summary>
     public ValueTask FlushAsync()
     {
-        if (_unavailable is not null)
+        if (_retired is not null || _unavailable is not null)
             return ValueTask.FromException(Unavailable());
-        return _pool.FlushAsync();
+        if (_lostWrites is not null)
+            return ValueTask.FromException(LostWrites());
+        return FlushCoreAsync();
     }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask FlushCoreAsync()
+    {
+        await _pool.FlushAsync();
+        // A failure elsewhere (a periodic commit) while this flush ran may have lost our writes.
+        if (_lostWrites is not null)
+            throw LostWrites();
+    }
+
+    private BlockDeviceException LostWrites() =>
+        new(BlockError.IoError, $"volume '{Name}': acknowledged writes may have been lost ({_lostWrites}); the pool needs checking", errno: 5);
 
     public ValueTask DiscardAsync(long offset, long length, WriteFlags flags = WriteFlags.None)
     {
@@ -405,16 +451,13 @@ public sealed partial class ThinVolume : IBlockVolume
         await Gate.EnterAsync();
         try
         {
-            var freed = new List<ulong>();
             for (ulong start = first; start < end;)
             {
                 int blocks = (int)Math.Min(end - start, (ulong)BlockLockTable.MaxBlocksPerRequest);
                 await LockAsync(start, blocks, exclusive: true);
                 try
                 {
-                    freed.Clear();
-                    _pool.UnmapRange(DeviceId, start, start + (ulong)blocks, freed);
-                    await _pool.PassDownAsync(freed);
+                    _pool.UnmapRange(DeviceId, start, start + (ulong)blocks);
                 }
                 finally
                 {
@@ -422,35 +465,62 @@ public sealed partial class ThinVolume : IBlockVolume
                 }
                 start += (ulong)blocks;
             }
+            MarkChanged();
         }
         finally
         {
             Gate.Exit();
         }
         if ((flags & WriteFlags.ForceUnitAccess) != 0)
-            await _pool.FlushAsync();
+            await FlushAsync();
     }
 
+    /// <summary>The range reads zeros afterwards. Whole blocks are unmapped where unmapped reads
+    /// zeros and <see cref="ZeroFlags.MayDeallocate"/> allows it; otherwise they are zeroed on the
+    /// data device (never by a discard, which promises nothing), a newly provisioned block
+    /// included. <see cref="ZeroFlags.FastOnly"/> refuses with NotSupported, before changing
+    /// anything, when zeroing would copy data (a partial block over the origin or a shared block)
+    /// or wait for space.</summary>
     public ValueTask WriteZeroesAsync(long offset, long length, ZeroFlags zero, WriteFlags flags = WriteFlags.None)
     {
         if (!CheckRequest(offset, length, write: true, out var error))
             return ValueTask.FromException(error);
-        bool mayDeallocate = (zero & ZeroFlags.MayDeallocate) != 0;
-        if ((zero & ZeroFlags.FastOnly) != 0 && !mayDeallocate)
-            return ValueTask.FromException(new BlockDeviceException(BlockError.NotSupported, $"volume '{Name}': zeroing while keeping storage allocated cannot be done fast"));
-        return length == 0 ? ValueTask.CompletedTask : WriteZeroesCoreAsync(offset, length, mayDeallocate, flags);
+        if (length == 0)
+            return ValueTask.CompletedTask;
+        if ((zero & ZeroFlags.FastOnly) != 0 && NeedsCopyToZero(offset, length) is { } why)
+            return ValueTask.FromException(new BlockDeviceException(BlockError.NotSupported, $"volume '{Name}': zeroing cannot be done fast: {why}"));
+        return WriteZeroesCoreAsync(offset, length, zero, flags);
+    }
+
+    /// <summary>Why zeroing the partial blocks at the edges of the range would copy data, or null.</summary>
+    private string? NeedsCopyToZero(long offset, long length)
+    {
+        long end = offset + length;
+        foreach (long edge in (ReadOnlySpan<long>)[offset, end - 1])
+        {
+            ulong block = (ulong)(edge / _blockSize);
+            long blockStart = (long)block * _blockSize;
+            bool partial = offset > blockStart || end < blockStart + _blockSize;
+            if (!partial)
+                continue;
+            bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
+            if (mapped && mapping.Shared)
+                return $"block {block} is shared with a snapshot and only part of it is zeroed";
+            if (!mapped && _origin is not null && blockStart < _originSize)
+                return $"block {block} is on the origin and only part of it is zeroed";
+        }
+        return null;
     }
 
     public ValueTask PrefetchAsync(long offset, long length) =>
         CheckRequest(offset, length, write: false, out var error) ? ValueTask.CompletedTask : ValueTask.FromException(error);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool mayDeallocate, WriteFlags flags)
+    private async ValueTask WriteZeroesCoreAsync(long offset, long length, ZeroFlags zero, WriteFlags flags)
     {
         await Gate.EnterAsync();
         try
         {
-            var freed = new List<ulong>();
             long done = 0;
             while (done < length)
             {
@@ -462,7 +532,7 @@ public sealed partial class ThinVolume : IBlockVolume
                 try
                 {
                     if (piece == _blockSize)
-                        await ZeroWholeBlockAsync(block, mayDeallocate, freed);
+                        await ZeroWholeBlockAsync(block, zero);
                     else
                         await ZeroPartAsync(block, inBlock, (int)piece);
                 }
@@ -472,44 +542,38 @@ public sealed partial class ThinVolume : IBlockVolume
                 }
                 done += piece;
             }
+            MarkChanged();
         }
         finally
         {
             Gate.Exit();
         }
         if ((flags & WriteFlags.ForceUnitAccess) != 0)
-            await _pool.FlushAsync();
+            await FlushAsync();
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ZeroWholeBlockAsync(ulong block, bool mayDeallocate, List<ulong> freed)
+    private async ValueTask ZeroWholeBlockAsync(ulong block, ZeroFlags zero)
     {
         bool originBelow = _origin is not null && (long)block * _blockSize < _originSize;
-        if (mayDeallocate && !originBelow)
+        if ((zero & ZeroFlags.MayDeallocate) != 0 && !originBelow)
         {
             // Unmapped reads as zeros here, so unmapping is enough.
-            freed.Clear();
-            _pool.UnmapRange(DeviceId, block, block + 1, freed);
-            await _pool.PassDownAsync(freed);
+            _pool.UnmapRange(DeviceId, block, block + 1);
             return;
         }
         bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
         if (mapped && !mapping.Shared)
         {
-            await _pool.Data.DeallocateAsync((long)mapping.DataBlock * _blockSize, _blockSize);
+            await _pool.Data.ZeroAsync((long)mapping.DataBlock * _blockSize, _blockSize);
             return;
         }
-        if (!mapped && !originBelow && !mayDeallocate)
-        {
-            // NO_HOLE over a hole: it already reads zeros, and the caller asked us not to punch
-            // holes, which we do not; allocating would only cost space.
-            return;
-        }
-        // Over the origin (or a shared block) zeros need a block of their own.
-        ulong newBlock = await _pool.AllocateDataBlockAsync();
+        // NO_HOLE (keep storage allocated), over the origin, or over a shared block: the zeros
+        // need a block of their own, zeroed before it is mapped.
+        ulong newBlock = await _pool.AllocateDataBlockAsync(Gate, mayWait: (zero & ZeroFlags.FastOnly) == 0);
         try
         {
-            await _pool.Data.DeallocateAsync((long)newBlock * _blockSize, _blockSize);
+            await _pool.Data.ZeroAsync((long)newBlock * _blockSize, _blockSize);
             _pool.InsertMapping(DeviceId, block, newBlock);
         }
         catch
@@ -535,7 +599,7 @@ public sealed partial class ThinVolume : IBlockVolume
 
     public int GetExtents(long offset, long length, Span<VolumeExtent> extents)
     {
-        if (_unavailable is not null)
+        if (_retired is not null || _unavailable is not null)
             throw Unavailable();
         if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
             throw new BlockDeviceException(BlockError.OutOfRange, $"volume '{Name}': extent query [{offset}, {offset + length}) is outside its {Size} bytes");
@@ -599,7 +663,7 @@ public sealed partial class ThinVolume : IBlockVolume
 
     private bool CheckRequest(long offset, long length, bool write, out Exception error)
     {
-        if (_unavailable is not null)
+        if (_retired is not null || _unavailable is not null)
         {
             error = Unavailable();
             return false;
@@ -618,7 +682,8 @@ public sealed partial class ThinVolume : IBlockVolume
         return true;
     }
 
-    private BlockDeviceException Unavailable() => new(BlockError.Unavailable, $"volume '{Name}' is unavailable: {_unavailable}");
+    private BlockDeviceException Unavailable() =>
+        new(BlockError.Unavailable, _retired ?? $"volume '{Name}' is unavailable: {_unavailable}");
 
     /// <summary>The part of a request handled under one set of block locks.</summary>
     private int SegmentLength(long position, int remaining, out int blocks)

@@ -48,7 +48,13 @@ public sealed partial class ThinMetadata : IDisposable
 
     public uint DataBlockSizeSectors => _sb.DataBlockSize;
     public ulong DataBlockCount => _tm.Data.NrBlocks;
-    public ulong FreeDataBlocks => _tm.Data.Free;
+    /// <summary>Data blocks neither referenced nor reserved by a writer filling them.</summary>
+    public ulong FreeDataBlocks => _tm.Data.Free - _tm.Data.Reserved;
+    /// <summary>Data blocks <see cref="TryAllocateDataBlock"/> can hand out now: free blocks other
+    /// than those freed in the open transaction and those held for a discard.</summary>
+    public ulong AllocatableDataBlocks => _tm.Data.Allocatable;
+    /// <summary>Data blocks reserved by <see cref="TryAllocateDataBlock"/> and not yet mapped.</summary>
+    public ulong ReservedDataBlocks => _tm.Data.Reserved;
     public ulong MetadataBlockCount => _tm.Meta.NrBlocks;
     public ulong FreeMetadataBlocks => _tm.Meta.Free;
     public ulong TransactionId => _sb.TransactionId;
@@ -408,21 +414,22 @@ public sealed partial class ThinMetadata : IDisposable
         return collector.Count;
     }
 
-    public bool TryAllocateDataBlock(out ulong dataBlock)
-    {
-        if (!_tm.Data.TryAllocate(out dataBlock))
-            return false;
-        _uncommitted = true;
-        return true;
-    }
+    /// <summary>
+    /// Reserves a data block for a write that will fill it and then <see cref="Insert"/> it. Until
+    /// then the block is in use in memory only: a commit writes it out free, so a crash before the
+    /// mapping is inserted leaks nothing. <see cref="ReleaseDataBlock"/> gives it back.
+    /// </summary>
+    public bool TryAllocateDataBlock(out ulong dataBlock) => _tm.Data.TryReserve(out dataBlock);
 
-    /// <summary>Maps <paramref name="virtualBlock"/> to <paramref name="dataBlock"/>, taking over the caller's reference to it.</summary>
+    /// <summary>Maps <paramref name="virtualBlock"/> to <paramref name="dataBlock"/>, reserved by
+    /// <see cref="TryAllocateDataBlock"/>: the reservation becomes the mapping's reference.</summary>
     public void Insert(ulong devId, ulong virtualBlock, ulong dataBlock)
     {
         DeviceState st = Device(devId);
-        if (dataBlock >= _tm.Data.NrBlocks || _tm.Data[dataBlock] == 0)
-            throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, "data block is not allocated (use TryAllocateDataBlock)");
+        if (dataBlock >= _tm.Data.NrBlocks || !_tm.Data.IsReserved(dataBlock))
+            throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, "data block is not reserved (use TryAllocateDataBlock)");
         InsertMapping(st, devId, virtualBlock, MetadataFormat.PackMapping(dataBlock, _sb.Time));
+        _tm.Data.ConsumeReservation(dataBlock);
     }
 
     private void InsertMapping(DeviceState st, ulong devId, ulong virtualBlock, ulong packed)
@@ -501,13 +508,20 @@ public sealed partial class ThinMetadata : IDisposable
         dataBlock < _tm.Data.NrBlocks ? _tm.Data[dataBlock]
             : throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, $"pool has {_tm.Data.NrBlocks} data blocks");
 
+    /// <summary>Gives back a block reserved by <see cref="TryAllocateDataBlock"/> and never mapped.</summary>
     public void ReleaseDataBlock(ulong dataBlock)
     {
-        if (dataBlock >= _tm.Data.NrBlocks || _tm.Data[dataBlock] == 0)
-            throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, "data block is not allocated");
-        _uncommitted = true;
-        _tm.Data.Decrement(dataBlock);
+        if (dataBlock >= _tm.Data.NrBlocks || !_tm.Data.IsReserved(dataBlock))
+            throw new ArgumentOutOfRangeException(nameof(dataBlock), dataBlock, "data block is not reserved");
+        _tm.Data.CancelReservation(dataBlock);
     }
+
+    /// <summary>Keeps a data block nobody references any more from being handed out, through the
+    /// commit and after it, until <see cref="ReleaseHeldDataBlock"/>: its discard has yet to reach
+    /// the data device. Held blocks are written out free; a crash simply ends the hold.</summary>
+    public void HoldDataBlock(ulong dataBlock) => _tm.Data.Hold(dataBlock);
+
+    public void ReleaseHeldDataBlock(ulong dataBlock) => _tm.Data.ReleaseHeld(dataBlock);
 
     // ------------------------------------------------------------------ growth
 

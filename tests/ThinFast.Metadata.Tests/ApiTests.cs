@@ -98,6 +98,58 @@ public class ApiTests
     }
 
     [Fact]
+    public void ACommitWhileWritersFillTheirBlocksWritesThoseBlocksOutFree()
+    {
+        // A commit that runs while provisioning writes are still filling their blocks must not
+        // make those blocks allocated on disk without a mapping: a crash would leak them for good.
+        var dev = new MemoryBlockDevice(4 << 20);
+        using var md = ThinMetadata.Format(dev, 128, 8);
+        md.CreateThin(1);
+        Assert.True(md.TryAllocateDataBlock(out ulong mapped));
+        Assert.True(md.TryAllocateDataBlock(out ulong filling));
+        Assert.True(md.TryAllocateDataBlock(out ulong failed));
+        md.Insert(1, 0, mapped);
+        md.ReleaseDataBlock(failed);
+        md.Commit();
+        Oracles.AssertConsistent(dev);
+        using (var crashed = ThinMetadata.Open(new MemoryBlockDevice(dev.ToArray())))
+        {
+            Assert.Equal(7ul, crashed.FreeDataBlocks);
+            Assert.Equal(0u, crashed.GetDataBlockRefCount(filling));
+        }
+        // Still reserved in memory: nobody else gets it, and the writer can map it.
+        Assert.Equal(1ul, md.ReservedDataBlocks);
+        for (int i = 0; i < 6; i++)
+            Assert.True(md.TryAllocateDataBlock(out ulong other) && other != filling && other != mapped);
+        Assert.False(md.TryAllocateDataBlock(out _));
+        md.Insert(1, 1, filling);
+        Assert.Equal(1u, md.GetDataBlockRefCount(filling));
+    }
+
+    [Fact]
+    public void HeldDataBlocksStayUnallocatableThroughTheCommitUntilReleased()
+    {
+        var dev = new MemoryBlockDevice(4 << 20);
+        using var md = ThinMetadata.Format(dev, 128, 2);
+        md.CreateThin(1);
+        Assert.True(md.TryAllocateDataBlock(out ulong a));
+        md.Insert(1, 0, a);
+        md.Commit();
+        Assert.True(md.Remove(1, 0));
+        md.HoldDataBlock(a);
+        md.Commit();
+        Oracles.AssertConsistent(dev);
+        Assert.Equal(2ul, md.FreeDataBlocks);
+        Assert.Equal(1ul, md.AllocatableDataBlocks);
+        Assert.True(md.TryAllocateDataBlock(out ulong b));
+        Assert.NotEqual(a, b);
+        Assert.False(md.TryAllocateDataBlock(out _));
+        md.ReleaseHeldDataBlock(a);
+        Assert.True(md.TryAllocateDataBlock(out ulong again));
+        Assert.Equal(a, again);
+    }
+
+    [Fact]
     public void FreedDataBlocksAreNotReusedBeforeTheCommit()
     {
         var dev = new MemoryBlockDevice(4 << 20);
