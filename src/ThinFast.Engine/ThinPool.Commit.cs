@@ -25,7 +25,7 @@ public sealed partial class ThinPool
         if (_mode == PoolMode.Fail)
             return ValueTask.FromException(new BlockDeviceException(BlockError.IoError, "pool is in fail mode"));
         // Every mapping is committed, so only the data writes need to reach the media.
-        if (!_dirty)
+        if (!_dirty && _needsCheckUnrecorded is null)
             return FlushDataAsync();
         var waiter = PooledSignal.Rent();
         lock (_waitersLock)
@@ -58,7 +58,7 @@ public sealed partial class ThinPool
                 return;
             Exception? failure = null;
             List<ulong>? freed = null;
-            if (waiters is not null || _dirty)
+            if (waiters is not null || _dirty || _needsCheckUnrecorded is not null)
             {
                 try
                 {
@@ -136,6 +136,7 @@ public sealed partial class ThinPool
             // Read-only: nothing is committed any more, but in-place writes still needed the flush.
             if (_mode == PoolMode.ReadOnly || !_dirty)
             {
+                RetryNeedsCheckLocked();
                 FlushSucceeded(generation);
                 return null;
             }

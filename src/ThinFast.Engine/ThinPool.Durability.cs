@@ -18,6 +18,7 @@ public sealed partial class ThinPool
     private long _flushGeneration;
     private long _durableThrough;
     private volatile ThinVolume[] _volumeList = [];
+    private volatile string? _needsCheckUnrecorded;
 
     /// <summary>The generation a write completing now records.</summary>
     internal long FlushGeneration => Volatile.Read(ref _flushGeneration);
@@ -64,10 +65,13 @@ public sealed partial class ThinPool
         {
             _metadata.SetNeedsCheck(true);
             _metadata.Commit();
+            _needsCheckUnrecorded = null;
             Log($"needs_check set in the metadata: {why}");
         }
         catch (Exception e)
         {
+            bool first = _needsCheckUnrecorded is null;
+            _needsCheckUnrecorded = why;
             try
             {
                 _metadata.Abort();
@@ -76,8 +80,18 @@ public sealed partial class ThinPool
             {
                 SetMode(PoolMode.Fail, $"metadata abort failed: {abort.Message}");
             }
-            Log($"could not record needs_check in the metadata: {e.Message}");
+            if (first)
+                Log($"could not record needs_check in the metadata (retried at every commit until it is): {e.Message}");
         }
+    }
+
+    /// <summary>A failure whose needs_check could not be written yet (the metadata device was
+    /// failing too): the next commit, FLUSH or periodic, tries again, so a reopen after the
+    /// device recovers still comes up read-only. Called with the metadata lock held exclusively.</summary>
+    private void RetryNeedsCheckLocked()
+    {
+        if (_needsCheckUnrecorded is { } why)
+            RecordNeedsCheckLocked(why);
     }
 
     /// <summary>A flush of the data device alone (every mapping is committed): the same failure

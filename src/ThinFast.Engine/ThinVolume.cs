@@ -249,7 +249,7 @@ public sealed partial class ThinVolume : IBlockVolume
         if (!CheckRequest(offset, source.Length, write: true, out var error))
             return ValueTask.FromException(error);
         if (source.Length == 0)
-            return (flags & WriteFlags.ForceUnitAccess) != 0 ? _pool.FlushAsync() : ValueTask.CompletedTask;
+            return (flags & WriteFlags.ForceUnitAccess) != 0 ? FlushAsync() : ValueTask.CompletedTask;
         return offset % _blockSize + source.Length <= _blockSize && (flags & WriteFlags.ForceUnitAccess) == 0
             ? WriteInOneBlockAsync(offset, source)
             : WriteCoreAsync(offset, source, flags);

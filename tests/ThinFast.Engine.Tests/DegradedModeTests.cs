@@ -32,7 +32,7 @@ public class DegradedModeTests
         var status = h.Pool.GetStatus();
         Assert.Equal(PoolMode.ReadOnly, status.Mode);
         Assert.Contains(" ro ", status.ToString());
-        Assert.Contains(h.Events, x => x.Contains("ReadOnly"));
+        h.WaitForEvent("ReadOnly");
 
         // Committed data reads back; the aborted provisioning is gone (block 1 reads zeros again).
         var back = new byte[B];

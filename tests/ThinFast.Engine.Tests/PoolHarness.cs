@@ -16,7 +16,7 @@ internal sealed class PoolHarness : IDisposable
     public PoolHarness(long dataSize, PoolOptions? options = null, Func<long, IBlockDevice>? makeDevice = null)
     {
         Directory = System.IO.Directory.CreateTempSubdirectory("thinfast-engine-").FullName;
-        Options = (options ?? new PoolOptions()) with { Log = Events.Add };
+        Options = (options ?? new PoolOptions()) with { Log = Record };
         MetadataDevice = makeDevice?.Invoke(MetadataSize) ?? new MemoryBlockDevice(MetadataSize, name: "metadata");
         DataDevice = makeDevice?.Invoke(dataSize) ?? new MemoryBlockDevice(dataSize, name: "data");
         Pool = ThinPool.Create(Devices(MetadataDevice, DataDevice), Options);
@@ -26,7 +26,32 @@ internal sealed class PoolHarness : IDisposable
 
     public PoolOptions Options { get; }
 
+    /// <summary>The pool's log lines; lock it to read while the pool runs.</summary>
     public List<string> Events { get; } = new();
+
+    private void Record(string message)
+    {
+        lock (Events)
+        {
+            Events.Add(message);
+            Monitor.PulseAll(Events);
+        }
+    }
+
+    /// <summary>Waits for a log line containing <paramref name="text"/>; fails after 10 s.</summary>
+    public void WaitForEvent(string text)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        lock (Events)
+        {
+            while (!Events.Any(e => e.Contains(text)))
+            {
+                var left = deadline - DateTime.UtcNow;
+                Assert.True(left > TimeSpan.Zero, $"no log line containing '{text}' within 10 s; the log: {string.Join(" | ", Events)}");
+                Monitor.Wait(Events, left);
+            }
+        }
+    }
 
     public IBlockDevice MetadataDevice { get; private set; }
 
@@ -88,6 +113,22 @@ internal sealed class PoolHarness : IDisposable
         Pool.Dispose();
         var metadataImage = ((MemoryBlockDevice)MetadataDevice).ToArray();
         var dataImage = ((MemoryBlockDevice)DataDevice).ToArray();
+        ReopenFrom(new MemoryBlockDevice(metadataImage, name: "metadata"), new MemoryBlockDevice(dataImage, name: "data"));
+    }
+
+    /// <summary>A power cut: the given device images are what survives. The pool that was
+    /// running is then shut down on its old devices (what it writes while stopping reaches
+    /// nothing that survives), and a new one opens on copies of the images.</summary>
+    public void CrashAndReopen(byte[] metadataImage, byte[] dataImage)
+    {
+        try
+        {
+            Pool.Dispose();
+        }
+        catch (Exception e)
+        {
+            Record($"(the crashed pool failed to stop: {e.Message})");
+        }
         ReopenFrom(new MemoryBlockDevice(metadataImage, name: "metadata"), new MemoryBlockDevice(dataImage, name: "data"));
     }
 

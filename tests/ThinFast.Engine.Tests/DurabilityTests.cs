@@ -1,0 +1,146 @@
+using ThinFast.IO;
+using ThinFast.Testing;
+
+namespace ThinFast.Engine.Tests;
+
+/// <summary>fsyncgate: once a data flush or a metadata commit has failed, no later FLUSH or FUA
+/// write of a volume that had writes in flight may succeed, however healthy the device is again,
+/// and a reopen comes up read-only with needs_check (dm-thin §7).</summary>
+public class DurabilityTests
+{
+    private const int B = PoolOptions.DefaultBlockSize;
+
+    /// <summary>A pool whose metadata or data device can be made to fail, and the in-memory
+    /// devices underneath for the reopen.</summary>
+    private sealed class FaultyPool : IDisposable
+    {
+        public readonly MemoryBlockDevice MetadataMemory = new(PoolHarness.MetadataSize, name: "metadata");
+        public readonly MemoryBlockDevice DataMemory = new(64L * B, name: "data");
+        public readonly FaultInjectingDevice Metadata;
+        public readonly FaultInjectingDevice Data;
+        public readonly PoolHarness Harness;
+
+        public FaultyPool()
+        {
+            Metadata = new FaultInjectingDevice(MetadataMemory) { Enabled = false, ErrorRate = 1 };
+            Data = new FaultInjectingDevice(DataMemory) { Enabled = false, ErrorRate = 1 };
+            Harness = new PoolHarness(64L * B, makeDevice: size => size == PoolHarness.MetadataSize ? Metadata : Data);
+        }
+
+        public ThinPool Pool => Harness.Pool;
+
+        /// <summary>Stops the pool as a crash would (no clean close) and opens copies of the
+        /// devices as they are now.</summary>
+        public void ReopenAfterCrash() => Harness.CrashAndReopen(MetadataMemory.ToArray(), DataMemory.ToArray());
+
+        public void Dispose() => Harness.Dispose();
+    }
+
+    private static async Task AssertEioAsync(Func<ValueTask> operation, string what)
+    {
+        var e = await Assert.ThrowsAsync<BlockDeviceException>(() => operation().AsTask());
+        Assert.True(e.Error == BlockError.IoError, $"{what}: {e.Error} ({e.Message})");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task AfterADataFlushFailsEveryLaterFlushAndFuaWriteFailsAndTheReopenIsReadOnly(bool provisioning)
+    {
+        using var p = new FaultyPool();
+        var changed = p.Pool.CreateVolume("changed", 16L * B);
+        var untouched = p.Pool.CreateVolume("untouched", 16L * B);
+        var kept = PoolHarness.Pattern(B, 1);
+        await changed.WriteAsync(0, kept);
+        await untouched.WriteAsync(0, kept);
+        await changed.FlushAsync();
+
+        // In place the pool stays clean (the flush is a bare fdatasync); provisioning makes it
+        // dirty (the flush is a commit that starts with the fdatasync).
+        await changed.WriteAsync(provisioning ? 4L * B : 0, PoolHarness.Pattern(4096, 2));
+        Assert.Equal(provisioning, p.Pool.GetStatus().HasUncommittedChanges);
+        p.Data.ErrorTargets = FaultTargets.Flush;
+        p.Data.Enabled = true;
+        await AssertEioAsync(changed.FlushAsync, "the failing flush");
+        p.Data.Enabled = false;
+
+        // The device is healthy again; the lost writes are still lost.
+        await AssertEioAsync(changed.FlushAsync, "the second flush");
+        await AssertEioAsync(changed.FlushAsync, "the third flush");
+        await AssertEioAsync(() => changed.WriteAsync(B - 512, new byte[512], WriteFlags.ForceUnitAccess), "a FUA write");
+        await AssertEioAsync(() => changed.WriteAsync(B - 512, ReadOnlyMemory<byte>.Empty, WriteFlags.ForceUnitAccess), "an empty FUA write");
+        await AssertEioAsync(changed.FlushAsync, "the flush after the FUA write");
+        Assert.NotNull(changed.LostWritesReason);
+        // A volume with nothing in flight lost nothing: its flush still succeeds.
+        await untouched.FlushAsync();
+        Assert.Null(untouched.LostWritesReason);
+
+        var status = p.Pool.GetStatus();
+        Assert.Equal(PoolMode.ReadOnly, status.Mode);
+        Assert.True(status.NeedsCheck, status.ToString());
+        Assert.Contains(" ro ", status.ToString());
+        p.Harness.WaitForEvent("lost acknowledged writes");
+
+        p.ReopenAfterCrash();
+        Assert.Equal(PoolMode.ReadOnly, p.Pool.Mode);
+        Assert.True(p.Pool.GetStatus().NeedsCheck);
+        p.Harness.WaitForEvent("has needs_check set");
+        var back = new byte[B];
+        await p.Pool.GetVolume("changed").ReadAsync(0, back);
+        // Block 0 was committed before the failure; only its first 4 KiB and last 512 bytes
+        // were rewritten since.
+        Assert.Equal(kept.AsSpan(4096, B - 4096 - 512).ToArray(), back.AsSpan(4096, B - 4096 - 512).ToArray());
+        await AssertEioAsync(() => p.Pool.GetVolume("changed").WriteAsync(12L * B, new byte[512]), "provisioning after the reopen");
+        Assert.Throws<PoolException>(() => p.Pool.CreateVolume("new", B));
+    }
+
+    [Fact]
+    public async Task AfterAMetadataCommitFailsEveryLaterFlushFailsAndTheReopenIsReadOnly()
+    {
+        using var p = new FaultyPool();
+        var v = p.Pool.CreateVolume("a", 16L * B);
+        var kept = PoolHarness.Pattern(B, 3);
+        await v.WriteAsync(0, kept);
+        await v.FlushAsync();
+
+        await v.WriteAsync(2L * B, PoolHarness.Pattern(B, 4));
+        p.Metadata.ErrorTargets = FaultTargets.Write;
+        p.Metadata.Enabled = true;
+        await AssertEioAsync(v.FlushAsync, "the failing commit");
+        p.Metadata.Enabled = false;
+
+        // The abort rolled the provisioning back: block 2 is unmapped again, so the acknowledged
+        // write is gone and no flush may say otherwise.
+        await AssertEioAsync(v.FlushAsync, "the second flush");
+        await AssertEioAsync(v.FlushAsync, "the third flush");
+        await AssertEioAsync(() => v.WriteAsync(B - 512, new byte[512], WriteFlags.ForceUnitAccess), "a FUA write in place");
+        Assert.Equal(PoolMode.ReadOnly, p.Pool.Mode);
+        // needs_check could not be written while the device failed; it is once the device works.
+        p.Harness.WaitForEvent("needs_check set in the metadata");
+
+        p.ReopenAfterCrash();
+        Assert.Equal(PoolMode.ReadOnly, p.Pool.Mode);
+        Assert.True(p.Pool.GetStatus().NeedsCheck, "needs_check reached the committed metadata");
+        var back = new byte[B];
+        await p.Pool.GetVolume("a").ReadAsync(0, back);
+        Assert.Equal(kept.AsSpan(0, B - 512).ToArray(), back.AsSpan(0, B - 512).ToArray());
+        string image = Path.Combine(p.Harness.Directory, "after-abort.img");
+        File.WriteAllBytes(image, p.MetadataMemory.ToArray());
+        ExternalTool.AssertMetadataClean(image);
+    }
+
+    [Fact]
+    public async Task AFailedPeriodicCommitFailsTheNextFlushOfEveryVolumeItCovered()
+    {
+        using var p = new FaultyPool();
+        var v = p.Pool.CreateVolume("a", 16L * B);
+        await v.WriteAsync(0, PoolHarness.Pattern(B, 5));
+        p.Metadata.ErrorTargets = FaultTargets.Write;
+        p.Metadata.Enabled = true;
+        Assert.ThrowsAny<Exception>(() => p.Pool.CommitNow());
+        p.Metadata.Enabled = false;
+        // No FLUSH was failed yet: the first one the guest sends must report the loss.
+        await AssertEioAsync(v.FlushAsync, "the first flush after a failed background commit");
+        await AssertEioAsync(v.FlushAsync, "the second flush");
+    }
+}
