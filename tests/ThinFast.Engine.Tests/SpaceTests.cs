@@ -20,12 +20,11 @@ public class SpaceTests
         using var h = new PoolHarness(8L * B, new PoolOptions { LowWaterBlocks = 2 });
         var v = h.Pool.CreateVolume("a", 32L * B);
         await FillAsync(v, 8);
-        Assert.Contains(h.Events, e => e.Contains("low water"));
+        h.WaitForEvent("low water");
 
         var queued = v.WriteAsync(8L * B, PoolHarness.Pattern(4096, 100)).AsTask();
-        await Task.Delay(300, TestContext.Current.CancellationToken);
+        await WaitForModeAsync(h.Pool, PoolMode.OutOfDataSpace);
         Assert.False(queued.IsCompleted, "a write needing space completed while the pool was full");
-        Assert.Equal(PoolMode.OutOfDataSpace, h.Pool.Mode);
 
         // Reads and writes to provisioned blocks keep working meanwhile.
         await v.WriteAsync(0, new byte[] { 42 });
@@ -93,5 +92,68 @@ public class SpaceTests
         while (h.Pool.GetStatus().HasUncommittedChanges && DateTime.UtcNow < deadline)
             await Task.Delay(20, TestContext.Current.CancellationToken);
         Assert.False(h.Pool.GetStatus().HasUncommittedChanges, "the periodic commit did not run");
+    }
+
+    [Fact]
+    public async Task ASnapshotOfAVolumeWithAWriteQueuedForSpaceDoesNotWaitAndAGrowReleasesTheQueue()
+    {
+        // Timeout zero: the write would queue for ever, and a snapshot draining it deadlocked.
+        using var h = new PoolHarness(4L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.Zero, AdminDrainTimeout = TimeSpan.FromSeconds(5) });
+        var v = h.Pool.CreateVolume("a", 16L * B);
+        await FillAsync(v, 4);
+        var queued = v.WriteAsync(6L * B, PoolHarness.Pattern(B, 60)).AsTask();
+        await WaitForModeAsync(h.Pool, PoolMode.OutOfDataSpace);
+        Assert.False(queued.IsCompleted);
+
+        var snapshot = Task.Run(() => h.Pool.CreateSnapshot("a", "a-snap"), TestContext.Current.CancellationToken);
+        await snapshot.WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken);
+        var grow = Task.Run(() => h.Pool.GrowData(16L * B), TestContext.Current.CancellationToken);
+        await grow.WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken);
+        await queued.WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken);
+
+        // The snapshot was taken before the queued write: it has the old contents there.
+        var back = new byte[B];
+        await h.Pool.GetVolume("a-snap").ReadAsync(6L * B, back);
+        Assert.All(back, x => Assert.Equal(0, x));
+        await v.ReadAsync(6L * B, back);
+        Assert.Equal(PoolHarness.Pattern(B, 60), back);
+        h.AssertMetadataClean();
+    }
+
+    [Fact]
+    public async Task DeletingAVolumeFailsItsWritesQueuedForSpaceAtOnce()
+    {
+        using var h = new PoolHarness(4L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.Zero });
+        var v = h.Pool.CreateVolume("a", 16L * B);
+        await FillAsync(v, 4);
+        var queued = v.WriteAsync(6L * B, new byte[B]).AsTask();
+        await WaitForModeAsync(h.Pool, PoolMode.OutOfDataSpace);
+        await Task.Run(() => h.Pool.DeleteVolume("a"), TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken);
+        await Assert.ThrowsAnyAsync<BlockDeviceException>(() => queued.WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken));
+        h.AssertMetadataClean();
+    }
+
+    [Fact]
+    public async Task ShutdownFailsWritesQueuedForSpaceBeforeItDrains()
+    {
+        using var h = new PoolHarness(4L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.Zero });
+        var v = h.Pool.CreateVolume("a", 16L * B);
+        await FillAsync(v, 4);
+        var queued = v.WriteAsync(6L * B, new byte[B]).AsTask();
+        await WaitForModeAsync(h.Pool, PoolMode.OutOfDataSpace);
+        var stop = Task.Run(() => h.Pool.Dispose(), TestContext.Current.CancellationToken);
+        await stop.WaitAsync(TimeSpan.FromSeconds(15), TestContext.Current.CancellationToken);
+        await Assert.ThrowsAnyAsync<BlockDeviceException>(() => queued.WaitAsync(TimeSpan.FromSeconds(1), TestContext.Current.CancellationToken));
+    }
+
+    /// <summary>Waits for the pool to report a mode (the event a queued write causes).</summary>
+    private static async Task WaitForModeAsync(ThinPool pool, PoolMode mode)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (pool.Mode != mode)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"the pool never went {mode} (it is {pool.Mode})");
+            await Task.Delay(5, TestContext.Current.CancellationToken);
+        }
     }
 }
