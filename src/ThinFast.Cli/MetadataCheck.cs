@@ -11,7 +11,12 @@ public sealed record CheckReport(
     int Devices,
     ulong Mappings,
     ulong MetadataBlocksReferenced,
-    ulong DataBlocksReferenced);
+    ulong DataBlocksReferenced,
+    ulong LeakedDataBlocks)
+{
+    /// <summary>--clear-needs-check found the metadata clean and cleared the flag.</summary>
+    public bool NeedsCheckCleared { get; init; }
+}
 
 /// <summary>
 /// <c>pool check</c>: what thin_check verifies (superblock, every node of every tree, space maps)
@@ -20,6 +25,9 @@ public sealed record CheckReport(
 /// recount reads raw blocks itself instead of trusting ThinMetadata, so a space map that agrees with
 /// a damaged tree is still caught; ThinMetadata.Open then supplies the on-disk counts and its own
 /// validation, and every device's mappings are read through it (bottom trees are validated lazily).
+/// A data block the space map counts more often than the mappings reference it is a leak, reported
+/// apart from damage as thin_check does: it wastes space but exposes nothing, and the next open of
+/// the pool reclaims it. Every other disagreement is damage.
 /// </summary>
 public sealed class MetadataCheck : IDisposable
 {
@@ -38,6 +46,7 @@ public sealed class MetadataCheck : IDisposable
     private ulong _nrBlocks;
     private ulong _dataNrBlocks;
     private ulong _mappings;
+    private ulong _leakedDataBlocks;
 
     private MetadataCheck(string path, Action<string>? progress)
     {
@@ -81,7 +90,7 @@ public sealed class MetadataCheck : IDisposable
             if (_errors.Count == 0)
                 CompareWithSpaceMaps();
         }
-        return new CheckReport(_errors.Count == 0, _errors, devices, _mappings, (ulong)_metaCounts.Count, (ulong)_dataCounts.Count);
+        return new CheckReport(_errors.Count == 0, _errors, devices, _mappings, (ulong)_metaCounts.Count, (ulong)_dataCounts.Count, _leakedDataBlocks);
     }
 
     private Superblock? ReadSuperblock(ulong block, bool live)
@@ -291,8 +300,8 @@ public sealed class MetadataCheck : IDisposable
         }
         using (md)
         {
-            int reported = CompareCounts("metadata", _sb!.MetadataNrBlocks, _metaBitmaps, _metaOverflow, _metaCounts, "the trees hold")
-                + CompareCounts("data", _sb.DataSpaceMap.NrBlocks, _dataBitmaps, _dataOverflow, _dataCounts, "the mappings hold");
+            int reported = CompareCounts("metadata", _sb!.MetadataNrBlocks, _metaBitmaps, _metaOverflow, _metaCounts, "the trees hold", leaksAreDamage: true)
+                + CompareCounts("data", _sb.DataSpaceMap.NrBlocks, _dataBitmaps, _dataOverflow, _dataCounts, "the mappings hold", leaksAreDamage: false);
             if (reported > MaxReported)
                 _errors.Add($"... {reported - MaxReported} more reference-count mismatches");
             var ranges = new MappedRange[256];
@@ -326,8 +335,9 @@ public sealed class MetadataCheck : IDisposable
     private const int MaxReported = 40;
 
     // The on-disk count of every block (2-bit bitmap entries, 3 meaning "see the overflow tree")
-    // against the recount; returns how many differ, reporting the first few.
-    private int CompareCounts(string kind, ulong nrBlocks, List<ulong> bitmaps, List<(ulong Key, ulong Value)> overflow, Dictionary<ulong, uint> expected, string holder)
+    // against the recount; returns how many differ, reporting the first few. With leaksAreDamage
+    // false a count above the recount is counted as a leaked block instead.
+    private int CompareCounts(string kind, ulong nrBlocks, List<ulong> bitmaps, List<(ulong Key, ulong Value)> overflow, Dictionary<ulong, uint> expected, string holder, bool leaksAreDamage)
     {
         var overflowCounts = new Dictionary<ulong, ulong>();
         foreach (var (k, v) in overflow)
@@ -345,7 +355,9 @@ public sealed class MetadataCheck : IDisposable
                 if (onDisk == 3)
                     onDisk = overflowCounts.TryGetValue(b, out ulong c) ? c : 3;
                 expected.TryGetValue(b, out uint want);
-                if (onDisk != want && mismatches++ < MaxReported)
+                if (onDisk > want && !leaksAreDamage)
+                    _leakedDataBlocks++;
+                else if (onDisk != want && mismatches++ < MaxReported)
                     _errors.Add($"{kind} block {b}: space map says {onDisk} references, {holder} {want}");
             }
         }

@@ -247,11 +247,17 @@ internal static class PoolCommands
     // ---- check / dump / restore
 
     private const string CheckHelp = """
-        Usage: thinfast pool check DIR|METADATA [--json]
+        Usage: thinfast pool check DIR|METADATA [--clear-needs-check] [--json]
 
         Checks dm-thin metadata like thin_check (superblock, every B-tree node, space maps) and
         recounts every reference: each metadata and data block's count from the trees is compared
         with the space maps, and each device's mapped_blocks with its tree. Prints what is wrong.
+        Leaked data blocks (counted by the space map, mapped by nothing: a crash of the kernel's
+        dm-thin leaves them) are reported apart: they waste space, expose nothing, and the next
+        open of the pool reclaims them.
+        --clear-needs-check  when the metadata is clean (leaks allowed), clear the needs_check flag
+                             a failure set, so the pool opens writable again (thin_check's
+                             --clear-needs-check-flag). The pool must not be in use.
         Exit status 0 when clean, 1 when damaged.
         """;
 
@@ -259,26 +265,46 @@ internal static class PoolCommands
     {
         if (Program.WantsHelp(argv))
             return Program.Help(CheckHelp);
-        var a = Args.Parse(argv, [], ["--json"]);
+        var a = Args.Parse(argv, [], ["--json", "--clear-needs-check"]);
         string target = a.Positional(0, "pool directory or metadata path");
         a.ExpectPositionals(1);
         using var location = MetadataLocation.Resolve(target);
         var report = MetadataCheck.Run(location.MetadataPath, Program.Progress);
+        if (report.Clean && a.Flag("--clear-needs-check"))
+            report = report with { NeedsCheckCleared = ClearNeedsCheck(location.MetadataPath) };
         if (a.Flag("--json"))
         {
             Console.Out.WriteLine(System.Text.Json.JsonSerializer.Serialize(report, CliJsonContext.Default.CheckReport));
         }
         else if (report.Clean)
         {
-            Console.Out.WriteLine($"{location.MetadataPath}: clean: {report.Devices} devices, {report.Mappings} mappings, {report.MetadataBlocksReferenced} metadata blocks and {report.DataBlocksReferenced} data blocks referenced, all counts agree with the space maps");
+            Console.Out.WriteLine($"{location.MetadataPath}: clean: {report.Devices} devices, {report.Mappings} mappings, {report.MetadataBlocksReferenced} metadata blocks and {report.DataBlocksReferenced} data blocks referenced, " +
+                (report.LeakedDataBlocks == 0 ? "all counts agree with the space maps" : "every other count agrees with the space maps"));
+            if (report.LeakedDataBlocks != 0)
+                Console.Out.WriteLine($"{location.MetadataPath}: {report.LeakedDataBlocks} data blocks leaked (allocated, referenced by no mapping): harmless, reclaimed when the pool next opens");
+            if (report.NeedsCheckCleared)
+                Console.Out.WriteLine($"{location.MetadataPath}: needs_check cleared");
         }
         else
         {
             foreach (string e in report.Errors)
                 Console.Out.WriteLine($"{location.MetadataPath}: {e}");
-            Console.Error.WriteLine($"thinfast: {location.MetadataPath}: metadata is damaged ({report.Errors.Count} problems)");
+            Console.Error.WriteLine($"thinfast: {location.MetadataPath}: metadata is damaged ({report.Errors.Count} problems)" +
+                (a.Flag("--clear-needs-check") ? "; needs_check left set" : ""));
         }
         return report.Clean ? Program.Ok : Program.Error;
+    }
+
+    // Writes a new transaction with the flag cleared; false when it was not set (nothing written).
+    private static bool ClearNeedsCheck(string metadataPath)
+    {
+        using var device = BlockDevices.Open(metadataPath, new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable });
+        using var md = ThinMetadata.Open(device);
+        if (!md.NeedsCheck)
+            return false;
+        md.SetNeedsCheck(false);
+        md.Commit();
+        return true;
     }
 
     private const string DumpHelp = """

@@ -114,13 +114,17 @@ public sealed partial class ThinPool : IDisposable
             ulong dataBlocks = (ulong)(devices.Data.Length / ((long)metadata.DataBlockSizeSectors * 512));
             if (dataBlocks < metadata.DataBlockCount)
                 throw new PoolException($"data device {devices.Data.Name} holds {dataBlocks} blocks but the metadata maps {metadata.DataBlockCount}: wrong or truncated data device");
+            if (!metadata.NeedsCheck)
+                ReclaimLeakedBlocks(metadata, options);
             var pool = new ThinPool(devices, options with { BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512)) }, metadata, manifest);
             foreach (var v in manifest.Volumes)
                 pool._volumes[v.Name] = pool.Activate(v);
             pool.PublishVolumes();
-            pool.ReclaimOrphans();
-            if (metadata.NeedsCheck)
-                pool.SetMode(PoolMode.ReadOnly, "the metadata has needs_check set (an earlier failure may have lost writes): run `thinfast pool check` and clear the flag before writing");
+            // A metadata with needs_check is not written until the operator has checked it.
+            if (!metadata.NeedsCheck)
+                pool.ReclaimOrphans();
+            else
+                pool.SetMode(PoolMode.ReadOnly, "the metadata has needs_check set (an earlier failure may have lost writes): check it with `thinfast pool check DIR --clear-needs-check`, which clears the flag when the metadata is clean");
             return pool;
         }
         catch
@@ -293,6 +297,19 @@ public sealed partial class ThinPool : IDisposable
         if (_dirty)
             CommitCore();
         SaveManifest(_manifest with { PendingDeviceIds = [] });
+    }
+
+    /// <summary>Frees the data blocks a crash left allocated but unmapped (by the kernel's dm-thin,
+    /// which commits allocations before their mappings, or by an older ThinFast), so a pool does
+    /// not lose space for good and <c>pool check</c> sees no leaks after the next open. Runs
+    /// before anything else touches the transaction; a metadata with needs_check is left alone.</summary>
+    private static void ReclaimLeakedBlocks(ThinMetadata metadata, PoolOptions options)
+    {
+        var reclaim = metadata.ReclaimLeakedDataBlocks();
+        if (reclaim.ExcessReferences == 0)
+            return;
+        metadata.Commit();
+        options.Log?.Invoke($"reclaimed {reclaim.FreedBlocks} leaked data blocks ({reclaim.ExcessReferences} references the space map held but no mapping did): a crash had left them allocated");
     }
 
     private ThinVolume Activate(VolumeRecord record)
