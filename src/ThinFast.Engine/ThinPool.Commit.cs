@@ -164,6 +164,7 @@ public sealed partial class ThinPool
                 throw;
             }
             _dirty = false;
+            _changedInTransaction.Clear();
             FlushSucceeded(generation);
             return TakePassdownLocked();
         }

@@ -19,6 +19,10 @@ public sealed partial class ThinPool
     private long _durableThrough;
     private volatile ThinVolume[] _volumeList = [];
     private volatile string? _needsCheckUnrecorded;
+    // Devices whose mappings changed in the open transaction, kept under the metadata write lock:
+    // an abort loses exactly their changes, including those of writes still in flight that will
+    // complete (and record their generation) only after it.
+    private readonly HashSet<uint> _changedInTransaction = new();
 
     /// <summary>The generation a write completing now records.</summary>
     internal long FlushGeneration => Volatile.Read(ref _flushGeneration);
@@ -55,6 +59,22 @@ public sealed partial class ThinPool
         SetMode(PoolMode.ReadOnly, why);
         if (lost > 0)
             Log($"{lost} volume(s) may have lost acknowledged writes ({why}): their FLUSH and FUA fail from now on");
+    }
+
+    /// <summary>The open transaction is being dropped: every volume with a mapping in it has lost
+    /// writes, whether or not they have completed yet. Called with the metadata lock held
+    /// exclusively.</summary>
+    private void MarkTransactionLostLocked(string why)
+    {
+        int lost = 0;
+        foreach (var volume in _volumeList)
+        {
+            if (_changedInTransaction.Contains(volume.DeviceId) && volume.MarkLostIfChangedSince(long.MinValue, why))
+                lost++;
+        }
+        _changedInTransaction.Clear();
+        if (lost > 0)
+            Log($"{lost} volume(s) lost mappings with the aborted transaction ({why}): their FLUSH and FUA fail from now on");
     }
 
     /// <summary>Records needs_check in the committed metadata, best effort: the state written is

@@ -436,6 +436,7 @@ public sealed partial class ThinPool : IDisposable
         _metadataLock.EnterWriteLock();
         try
         {
+            ThrowIfMetadataFrozenLocked();
             mutation(_metadata, state);
             _dirty = true;
             _mappingChanges++;
@@ -457,8 +458,21 @@ public sealed partial class ThinPool : IDisposable
         e is PoolException or ArgumentException or KeyNotFoundException
         || (e is InvalidOperationException && e is not MetadataSpaceExhaustedException);
 
+    /// <summary>Read-only and fail modes commit nothing, so nothing may change in memory either: a
+    /// change would be visible until the restart and then silently gone, and a FLUSH in between
+    /// would report it durable. Called with the metadata lock held exclusively.</summary>
+    private void ThrowIfMetadataFrozenLocked()
+    {
+        if (_mode is PoolMode.ReadOnly or PoolMode.Fail)
+            throw new BlockDeviceException(BlockError.IoError, $"pool is {(_mode == PoolMode.Fail ? "in fail mode" : "read-only")}: no mapping can change (see pool status and the log)");
+    }
+
     internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
-        MutateMetadata((deviceId, virtualBlock, dataBlock), static (m, s) => m.Insert(s.deviceId, s.virtualBlock, s.dataBlock));
+        MutateMetadata((pool: this, deviceId, virtualBlock, dataBlock), static (m, s) =>
+        {
+            m.Insert(s.deviceId, s.virtualBlock, s.dataBlock);
+            s.pool._changedInTransaction.Add(s.deviceId);
+        });
 
     /// <summary>Unmaps blocks [first, end) of a device. Data blocks nobody references any more
     /// are discarded on the data device once the commit that frees them is durable
@@ -469,6 +483,8 @@ public sealed partial class ThinPool : IDisposable
         _metadataLock.EnterWriteLock();
         try
         {
+            ThrowIfMetadataFrozenLocked();
+            _changedInTransaction.Add(deviceId);
             ulong cursor = first;
             while (cursor < end)
             {
@@ -533,6 +549,7 @@ public sealed partial class ThinPool : IDisposable
 
     private void AbortLocked(string why)
     {
+        MarkTransactionLostLocked(why);
         _passdownPending.Clear();
         try
         {

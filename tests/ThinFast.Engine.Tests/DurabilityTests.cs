@@ -18,13 +18,16 @@ public class DurabilityTests
         public readonly MemoryBlockDevice DataMemory = new(64L * B, name: "data");
         public readonly FaultInjectingDevice Metadata;
         public readonly FaultInjectingDevice Data;
+        /// <summary>Between the fault injector and the memory: holds one chosen data write.</summary>
+        public readonly RangeHoldDevice DataHold;
         public readonly PoolHarness Harness;
 
-        public FaultyPool()
+        public FaultyPool(PoolOptions? options = null)
         {
             Metadata = new FaultInjectingDevice(MetadataMemory) { Enabled = false, ErrorRate = 1 };
-            Data = new FaultInjectingDevice(DataMemory) { Enabled = false, ErrorRate = 1 };
-            Harness = new PoolHarness(64L * B, makeDevice: size => size == PoolHarness.MetadataSize ? Metadata : Data);
+            DataHold = new RangeHoldDevice(DataMemory);
+            Data = new FaultInjectingDevice(DataHold) { Enabled = false, ErrorRate = 1 };
+            Harness = new PoolHarness(64L * B, options, size => size == PoolHarness.MetadataSize ? Metadata : Data);
         }
 
         public ThinPool Pool => Harness.Pool;
@@ -142,5 +145,71 @@ public class DurabilityTests
         // No FLUSH was failed yet: the first one the guest sends must report the loss.
         await AssertEioAsync(v.FlushAsync, "the first flush after a failed background commit");
         await AssertEioAsync(v.FlushAsync, "the second flush");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task AWriteStillInFlightWhenItsTransactionIsAbortedFailsItsFlush(bool fua)
+    {
+        using var p = new FaultyPool(new PoolOptions { CommitInterval = TimeSpan.FromHours(1) });
+        var w = p.Pool.CreateVolume("w", 16L * B);
+        var other = p.Pool.CreateVolume("other", 16L * B);
+        await w.WriteAsync(B, PoolHarness.Pattern(B, 1));          // w's block 1 is data block 0
+        await w.FlushAsync();
+        await other.WriteAsync(0, PoolHarness.Pattern(B, 2));      // the pool is dirty
+
+        // w writes blocks 0 and 1: block 0 is provisioned and its mapping inserted, block 1 is
+        // overwritten in place, and that write is held on the device.
+        p.DataHold.Arm(0, B);
+        var data = PoolHarness.Pattern(2 * B, 3);
+        var write = Task.Run(async () => await w.WriteAsync(0, data, fua ? WriteFlags.ForceUnitAccess : WriteFlags.None), TestContext.Current.CancellationToken);
+        Assert.True(p.DataHold.Held.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "w's in-place write never reached the device");
+
+        // Another volume's FLUSH fails on the metadata: the transaction holding w's new mapping is
+        // dropped while w's write has not completed yet.
+        p.Metadata.ErrorTargets = FaultTargets.Write;
+        p.Metadata.Enabled = true;
+        await AssertEioAsync(() => other.FlushAsync(), "the failing commit");
+        p.Metadata.Enabled = false;
+        p.DataHold.Release();
+        if (fua)
+            await Assert.ThrowsAsync<BlockDeviceException>(() => write.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+        else
+            await write.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        await AssertEioAsync(() => w.FlushAsync(), "w's FLUSH after its mapping was aborted");
+        await AssertEioAsync(() => w.FlushAsync(), "w's second FLUSH");
+        Assert.NotNull(w.LostWritesReason);
+    }
+
+    [Fact]
+    public async Task AReadOnlyPoolChangesNoMappingSoNothingAFlushAcknowledgesIsLost()
+    {
+        using var p = new FaultyPool();
+        var a = p.Pool.CreateVolume("a", 16L * B);
+        var u = p.Pool.CreateVolume("u", 16L * B);
+        var kept = PoolHarness.Pattern(B, 1);
+        await u.WriteAsync(0, kept);
+        await u.FlushAsync();
+        await a.WriteAsync(4L * B, PoolHarness.Pattern(B, 2));
+        p.Data.ErrorTargets = FaultTargets.Flush;
+        p.Data.Enabled = true;
+        await AssertEioAsync(() => a.FlushAsync(), "the failing data flush");
+        p.Data.Enabled = false;
+        Assert.Equal(PoolMode.ReadOnly, p.Pool.Mode);
+        Assert.Null(u.LostWritesReason);
+
+        // u had nothing in flight, so its FLUSH still works; but a write-zeroes that would unmap
+        // (a mapping change read-only mode cannot commit) is refused, not kept in memory. A TRIM
+        // is advisory and, as in dm-thin's read-only mode, completes without unmapping anything.
+        await AssertEioAsync(() => u.WriteZeroesAsync(0, B, ZeroFlags.MayDeallocate), "write-zeroes that unmaps on a read-only pool");
+        await u.DiscardAsync(0, B);
+        await u.FlushAsync();
+        var back = new byte[B];
+        await u.ReadAsync(0, back);
+        Assert.Equal(kept, back);
+        p.ReopenAfterCrash();
+        await p.Pool.GetVolume("u").ReadAsync(0, back);
+        Assert.Equal(kept, back);
     }
 }
