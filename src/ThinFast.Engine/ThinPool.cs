@@ -239,11 +239,16 @@ public sealed partial class ThinPool : IDisposable
         {
             ThrowIfNotWritable("delete a volume");
             var volume = GetVolume(name);
+            // Requests still writing must finish first: their blocks are freed by the delete and
+            // may go to another volume at once, so a late write would land on its data. One that
+            // does not finish in time refuses the delete as busy and changes nothing. Requests
+            // queued for space have written nothing and are failed instead of waited for.
+            volume.Gate.CloseAndDrain(Options.AdminDrainTimeout, $"delete volume '{name}'");
             string reason = $"volume '{name}' was deleted";
             volume.Retire(reason);
             FailSpaceWaiters(new BlockDeviceException(BlockError.Unavailable, reason), volume.Gate);
             if (!volume.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))
-                Log($"delete of '{name}': requests still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s; deleting anyway (they fail)");
+                Log($"delete of '{name}': requests queued for space still inside after {Options.AdminDrainTimeout.TotalSeconds:0} s; they fail without writing");
             // Intent first: the manifest drops the volume and names its device as pending, so a
             // crash before the metadata commit leaves a device the next open reclaims, never a
             // manifest entry without its device.

@@ -1,4 +1,5 @@
 using ThinFast.IO;
+using ThinFast.Testing;
 
 namespace ThinFast.Engine.Tests;
 
@@ -53,5 +54,42 @@ public class DeletedVolumeTests
         h.Reopen();
         h.Pool.CreateVolume("c", B);
         Assert.DoesNotContain(h.Pool.VolumeRecords.Single(r => r.Name == "c").DeviceId, used);
+    }
+
+    [Fact]
+    public async Task ADeleteWithAWriteStuckOnTheDeviceRefusesAsBusyAndFreesNothing()
+    {
+        RangeHoldDevice? hold = null;
+        using var h = new PoolHarness(2L * B, new PoolOptions { AdminDrainTimeout = TimeSpan.FromMilliseconds(300) }, size =>
+            size == PoolHarness.MetadataSize ? new MemoryBlockDevice(size, name: "metadata") : hold = new RangeHoldDevice(new MemoryBlockDevice(size, name: "data")));
+        var w = h.Pool.CreateVolume("w", 4L * B);
+        var o = h.Pool.CreateVolume("o", 4L * B);
+        await w.WriteAsync(0, PoolHarness.Pattern(B, 1));      // data block 0
+        await o.WriteAsync(0, PoolHarness.Pattern(B, 2));      // data block 1: the pool is full
+        await h.Pool.FlushAsync();
+
+        // A write of w's (in place, into data block 0) is stuck on the device.
+        hold!.Arm(0, B);
+        var stale = new byte[512];
+        Array.Fill(stale, (byte)0xEE);
+        var late = Task.Run(async () => await w.WriteAsync(0, stale), TestContext.Current.CancellationToken);
+        Assert.True(hold.Held.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+
+        // Deleting w now would free data block 0 to the next volume while the write still lands there.
+        var e = Assert.Throws<PoolException>(() => h.Pool.DeleteVolume("w"));
+        Assert.Contains("busy", e.Message);
+        Assert.Contains(h.Pool.VolumeRecords, r => r.Name == "w");
+        hold.Release();
+        await late.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+
+        // Once it has finished, the delete goes through and the block's next owner keeps its data.
+        h.Pool.DeleteVolume("w");
+        var n = h.Pool.CreateVolume("n", 4L * B);
+        var fresh = PoolHarness.Pattern(B, 3);
+        await n.WriteAsync(0, fresh);
+        var back = new byte[B];
+        await n.ReadAsync(0, back);
+        Assert.Equal(fresh, back);
+        h.AssertMetadataClean();
     }
 }
