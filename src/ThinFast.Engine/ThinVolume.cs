@@ -369,11 +369,13 @@ public sealed partial class ThinVolume : IBlockVolume
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask BuildBlockAsync(ulong virtualBlock, ulong newBlock, ulong sharedBlock, int inBlock, ReadOnlyMemory<byte> data)
     {
-        int chunk = _pool.ChunkSize;
         long blockBase = (long)newBlock * _blockSize;
         int dataEnd = inBlock + data.Length;
-        for (int chunkStart = 0; chunkStart < _blockSize; chunkStart += chunk)
+        for (int chunkStart = 0; chunkStart < _blockSize; chunkStart += _pool.ChunkSize)
         {
+            // The last chunk is short when the block size is not a multiple of the chunk (a
+            // 1.5 MiB block): writing a whole chunk would run into the next data block.
+            int chunk = Math.Min(_pool.ChunkSize, _blockSize - chunkStart);
             int chunkEnd = chunkStart + chunk;
             int overlapStart = Math.Max(chunkStart, inBlock), overlapEnd = Math.Min(chunkEnd, dataEnd);
             if (overlapStart <= chunkStart && overlapEnd >= chunkEnd)
@@ -533,7 +535,7 @@ public sealed partial class ThinVolume : IBlockVolume
                 {
                     if (piece == _blockSize)
                         await ZeroWholeBlockAsync(block, zero);
-                    else
+                    else if (!PartAlreadyReadsZeros(block, zero))
                         await ZeroPartAsync(block, inBlock, (int)piece);
                 }
                 finally
@@ -582,6 +584,14 @@ public sealed partial class ThinVolume : IBlockVolume
             throw;
         }
     }
+
+    /// <summary>Part of an unmapped block that reads zeros (no origin below it) needs nothing
+    /// when holes are allowed; with FAST_ZERO it needs nothing either way, because providing a
+    /// block would mean waiting for space, which FAST_ZERO forbids. Under the block's lock.</summary>
+    private bool PartAlreadyReadsZeros(ulong block, ZeroFlags zero) =>
+        (zero & (ZeroFlags.MayDeallocate | ZeroFlags.FastOnly)) != 0
+        && (_origin is null || (long)block * _blockSize >= _originSize)
+        && !_pool.TryLookup(DeviceId, block, out _);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ZeroPartAsync(ulong block, int inBlock, int length)

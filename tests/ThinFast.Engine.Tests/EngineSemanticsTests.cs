@@ -316,4 +316,46 @@ public class EngineSemanticsTests
         Assert.Single(h.Pool.VolumeRecords);
         Assert.Contains("block size", Assert.Throws<PoolException>(() => new PoolHarness(64 * B, new PoolOptions { BlockSize = 96 * 1024 })).Message);
     }
+
+    [Fact]
+    public async Task ABlockSizeThatIsNotAMultipleOfTheChunkNeverWritesIntoTheNextBlock()
+    {
+        int bs = (1 << 20) + 64 * 1024;
+        using var h = new PoolHarness(8L * bs + (1 << 20), new PoolOptions { BlockSize = bs });
+        var first = h.Pool.CreateVolume("first", 4L * bs);
+        var a = h.Pool.CreateVolume("a", 4L * bs);
+        await first.WriteAsync(0, new byte[4096]);          // data block 0
+        var full = PoolHarness.Pattern(bs, 1);
+        await a.WriteAsync(0, full);                         // data block 1, right after it
+        var filler = h.Pool.CreateVolume("filler", 8L * bs);
+        for (int k = 0; k < 6; k++)
+            await filler.WriteAsync((long)k * bs, new byte[bs]);   // data blocks 2..7
+        h.Pool.DeleteVolume("first");
+        var b = h.Pool.CreateVolume("b", 4L * bs);
+        // Data block 0 is the only free one. A partial first write builds it chunk by chunk, and
+        // its last chunk is short.
+        await b.WriteAsync(0, PoolHarness.Pattern(4096, 9));
+        Assert.Equal(8UL, h.Pool.GetStatus().UsedDataBlocks);
+        var back = new byte[bs];
+        await a.ReadAsync(0, back);
+        int firstBad = Enumerable.Range(0, bs).FirstOrDefault(i => back[i] != full[i], -1);
+        Assert.True(firstBad < 0, $"a's block was overwritten by b's provisioning from byte {firstBad}");
+        h.AssertMetadataClean();
+    }
+
+    [Fact]
+    public async Task FastZeroOfPartOfAnUnmappedBlockOnAFullPoolAnswersAtOnceAndTakesNoBlock()
+    {
+        using var h = new PoolHarness(2L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.FromSeconds(30) });
+        var v = h.Pool.CreateVolume("v", 8L * B);
+        await v.WriteAsync(0, PoolHarness.Pattern(2 * B, 1));   // the pool is full
+        await h.Pool.FlushAsync();
+        // The range already reads zeros: nothing to do, and nothing to wait for.
+        await v.WriteZeroesAsync(4L * B, 4096, ZeroFlags.FastOnly).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        await v.WriteZeroesAsync(4L * B + 4096, 4096, ZeroFlags.MayDeallocate).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        Assert.Equal(2UL, h.Pool.GetStatus().UsedDataBlocks);
+        var back = new byte[B];
+        await v.ReadAsync(4L * B, back);
+        Assert.Equal(new byte[B], back);
+    }
 }
