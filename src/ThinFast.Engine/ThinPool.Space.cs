@@ -192,6 +192,10 @@ public sealed partial class ThinPool
                 return;
             if (Data.Length < newLength)
                 Data.Grow(newLength);
+            // The flush handle is a second open of the same file, with its own idea of the length:
+            // discards of the new blocks would otherwise be refused as out of range.
+            if (_devices.DataFlush is { } flushHandle && flushHandle.Length < newLength)
+                flushHandle.Grow(newLength);
             MutateMetadata(m => m.GrowDataSpace(newBlocks));
             CommitCore();
             Log($"data space grown to {newBlocks} blocks");

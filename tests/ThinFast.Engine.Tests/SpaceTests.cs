@@ -15,6 +15,36 @@ public class SpaceTests
     }
 
     [Fact]
+    public async Task AfterAGrowABlockInTheNewSpaceIsDiscardedOnTheFileToo()
+    {
+        // Files open the data twice (the flush handle beside the I/O one); both must learn the new
+        // length, or the discard of a block in the grown space is refused as out of range.
+        var dir = Directory.CreateTempSubdirectory("thinfast-grow-").FullName;
+        try
+        {
+            var log = new List<string>();
+            var options = new PoolOptions { Log = line => { lock (log) log.Add(line); } };
+            using var pool = ThinPool.CreateFiles(PoolFiles.InFolder(dir), 8 << 20, 4L * B, options, new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable });
+            var v = pool.CreateVolume("a", 16L * B);
+            await FillAsync(v, 4);
+            pool.GrowData(8L * B);
+            await v.WriteAsync(4L * B, PoolHarness.Pattern(B, 4));
+            await v.FlushAsync();
+            await v.DiscardAsync(4L * B, B);
+            pool.CommitNow();
+            lock (log)
+                Assert.DoesNotContain(log, line => line.Contains("discard of data blocks"));
+            var back = new byte[B];
+            await v.ReadAsync(4L * B, back);
+            Assert.Equal(new byte[B], back);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task WritesQueueWhenFullAndSucceedAfterTheDataDeviceGrows()
     {
         using var h = new PoolHarness(8L * B, new PoolOptions { LowWaterBlocks = 2 });
