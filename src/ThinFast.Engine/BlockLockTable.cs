@@ -28,12 +28,17 @@ internal sealed class BlockLockTable
 
     private readonly Stripe[] _stripes = new Stripe[StripeCount];
     private readonly object[] _guards = new object[GuardCount];
+    private long _waits;
 
     public BlockLockTable()
     {
         for (int i = 0; i < _guards.Length; i++)
             _guards[i] = new object();
     }
+
+    /// <summary>Acquisitions that had to park behind another holder or waiter: the contention
+    /// figure tests and benchmarks assert on, counted only on the slow path.</summary>
+    public long Waits => Interlocked.Read(ref _waits);
 
     /// <summary>Most blocks one request may lock at once.</summary>
     public const int MaxBlocksPerRequest = StripeCount / 2;
@@ -63,6 +68,7 @@ internal sealed class BlockLockTable
                     s.Readers++;
                 return ValueTask.CompletedTask;
             }
+            Interlocked.Increment(ref _waits);
             var waiter = PooledSignal.Rent();
             waiter.Tag = exclusive ? 1 : 0;
             if (s.Tail is null)

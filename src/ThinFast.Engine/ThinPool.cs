@@ -606,6 +606,10 @@ public sealed partial class ThinPool : IDisposable
             _dirty));
     }
 
+    /// <summary>Requests that waited for a block lock another request held (provisioning, copy,
+    /// unmap): how much I/O to the same blocks overlapped, since the pool opened.</summary>
+    public long BlockLockWaits => BlockLocks.Waits;
+
     /// <summary>Mapped blocks of a volume (dm-thin's details.mapped_blocks).</summary>
     internal ulong MappedBlocks(uint deviceId) => ReadMetadata(m => m.GetDetails(deviceId).MappedBlocks);
 

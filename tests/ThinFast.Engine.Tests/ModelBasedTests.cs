@@ -21,12 +21,22 @@ public class ModelBasedTests
         public List<(long Start, long End)> InFlight { get; } = new();
     }
 
-    [Fact]
-    public async Task FiftyThousandOperationsWith32InFlightMatchTheModel()
+    /// <summary>On the in-memory device every request completes before the next is issued, so
+    /// this run is about breadth; on <see cref="OutOfOrderDevice"/> requests complete late, out of
+    /// order and on other threads, so requests to the same blocks really wait for each other, and
+    /// the test asserts that they did.</summary>
+    [Theory]
+    [InlineData(false, 50_000)]
+    [InlineData(true, 20_000)]
+    public async Task OperationsWith32InFlightMatchTheModel(bool outOfOrder, int operations)
     {
-        const int operations = 50_000, inFlightTarget = 32, maxVolumes = 6;
+        const int inFlightTarget = 32, maxVolumes = 6;
         var random = new Random(20261125);
-        using var h = new PoolHarness(1024L * B, new PoolOptions { CommitInterval = TimeSpan.FromMilliseconds(200) });
+        OutOfOrderDevice? slowData = null;
+        using var h = new PoolHarness(1024L * B, new PoolOptions { CommitInterval = TimeSpan.FromMilliseconds(200) },
+            size => size == PoolHarness.MetadataSize || !outOfOrder
+                ? new MemoryBlockDevice(size, name: size == PoolHarness.MetadataSize ? "metadata" : "data")
+                : slowData = new OutOfOrderDevice(new MemoryBlockDevice(size, name: "data"), seed: 7, workers: 2, maxDelayMicroseconds: 200));
         using var buffers = new AlignedBufferPool(256 * 1024, 64);
         var origins = new[]
         {
@@ -149,6 +159,9 @@ public class ModelBasedTests
             }
         }
         await Drain();
+        // Off the device's worker thread the last completion may have left us on: the checks
+        // below wait synchronously on the device.
+        await Task.Yield();
 
         async Task Track(ModelVolume owner, long start, long len, Task task)
         {
@@ -215,6 +228,15 @@ public class ModelBasedTests
 
         Assert.Equal(0, mismatches);
         Assert.True(completed > operations / 2, $"only {completed} requests completed");
+        long lockWaits = h.Pool.BlockLockWaits;
+        TestContext.Current.SendDiagnosticMessage($"out of order: {outOfOrder}; block-lock waits: {lockWaits}" +
+            (slowData is null ? "" : $"; device: {slowData.OutOfOrderCompletions} of {slowData.Completed} completions out of order, at most {slowData.MaxInFlight} in flight"));
+        if (slowData is not null)
+        {
+            Assert.True(lockWaits > operations / 100, $"only {lockWaits} block-lock waits in {operations} operations: requests did not overlap");
+            Assert.True(slowData.OutOfOrderCompletions > slowData.Completed / 10, $"{slowData.OutOfOrderCompletions} of {slowData.Completed} completions were out of order");
+            Assert.True(slowData.MaxInFlight >= 8, $"at most {slowData.MaxInFlight} requests were in flight on the device");
+        }
 
         void VerifyAll()
         {

@@ -67,6 +67,9 @@ internal sealed class PoolHarness : IDisposable
         Data = data,
         ManifestPath = ManifestPath,
         OpenOrigin = OpenOrigin,
+        // As in production, where the data device completes on the reactor: commits flush through
+        // a handle that completes on the calling thread, because they block while they flush.
+        DataFlush = data is OutOfOrderDevice slow ? slow.Inner : null,
     };
 
     /// <summary>Registers an origin image under a made-up path.</summary>
@@ -111,10 +114,17 @@ internal sealed class PoolHarness : IDisposable
     public void Reopen()
     {
         Pool.Dispose();
-        var metadataImage = ((MemoryBlockDevice)MetadataDevice).ToArray();
-        var dataImage = ((MemoryBlockDevice)DataDevice).ToArray();
+        var metadataImage = Memory(MetadataDevice).ToArray();
+        var dataImage = Memory(DataDevice).ToArray();
         ReopenFrom(new MemoryBlockDevice(metadataImage, name: "metadata"), new MemoryBlockDevice(dataImage, name: "data"));
     }
+
+    private static MemoryBlockDevice Memory(IBlockDevice device) => device switch
+    {
+        MemoryBlockDevice m => m,
+        OutOfOrderDevice o => Memory(o.Inner),
+        _ => throw new InvalidOperationException($"{device.Name} is not an in-memory device"),
+    };
 
     /// <summary>A power cut: the given device images are what survives. The pool that was
     /// running is then shut down on its old devices (what it writes while stopping reaches

@@ -218,8 +218,10 @@ public sealed class OutOfOrderDevice : IBlockDevice
             _disposed = true;
             Monitor.PulseAll(_lock);
         }
+        // Disposing from a continuation running on a worker must not wait for that worker.
         foreach (var w in _workers)
-            w.Join();
+            if (w != Thread.CurrentThread)
+                w.Join();
         _inner.Dispose();
     }
 }
