@@ -18,6 +18,7 @@ public sealed partial class ThinPool
     private long _flushGeneration;
     private long _durableThrough;
     private volatile ThinVolume[] _volumeList = [];
+    private volatile Dictionary<string, ThinVolume> _volumesByName = new(StringComparer.Ordinal);
     private volatile string? _needsCheckUnrecorded;
     // Devices whose mappings changed in the open transaction, kept under the metadata write lock:
     // an abort loses exactly their changes, including those of writes still in flight that will
@@ -149,5 +150,12 @@ public sealed partial class ThinPool
         }
     }
 
-    private void PublishVolumes() => _volumeList = _volumes.Values.ToArray();
+    /// <summary>Publishes the volume table for readers that must not take the admin lock:
+    /// lookups by name and the walks over every volume. Called under the admin lock after every
+    /// change to <see cref="_volumes"/>.</summary>
+    private void PublishVolumes()
+    {
+        _volumeList = _volumes.Values.ToArray();
+        _volumesByName = new Dictionary<string, ThinVolume>(_volumes, StringComparer.Ordinal);
+    }
 }
