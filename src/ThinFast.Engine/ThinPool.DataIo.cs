@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using ThinFast.IO;
 
 namespace ThinFast.Engine;
@@ -21,17 +22,23 @@ public sealed partial class ThinPool
             ((IDisposable)buffer).Dispose();
     }
 
-    private static bool IsDirect(IBlockDevice device, long offset, int length, ReadOnlySpan<byte> buffer)
+    /// <summary>Whether the caller's buffer can go to the device as it is. A managed array never
+    /// does, however it is aligned now: the GC may move it before the device pins it, and an
+    /// O_DIRECT transfer from the moved address fails. Front ends pass native buffers, which
+    /// cannot move.</summary>
+    private static bool IsDirect(IBlockDevice device, long offset, ReadOnlyMemory<byte> buffer)
     {
         int lbs = device.LogicalBlockSize;
-        return (offset & (lbs - 1)) == 0 && (length & (lbs - 1)) == 0 && BlockDeviceExtensions.IsAligned(buffer, device.BufferAlignment);
+        return (offset & (lbs - 1)) == 0 && (buffer.Length & (lbs - 1)) == 0
+            && !MemoryMarshal.TryGetArray(buffer, out _)
+            && BlockDeviceExtensions.IsAligned(buffer.Span, device.BufferAlignment);
     }
 
     /// <summary>Reads any byte range of <paramref name="device"/>: straight into the caller's
     /// buffer when offset, length and address suit O_DIRECT, else through a bounce buffer
     /// covering the enclosing aligned range.</summary>
     internal ValueTask ReadAnyAsync(IBlockDevice device, long offset, Memory<byte> destination) =>
-        IsDirect(device, offset, destination.Length, destination.Span)
+        IsDirect(device, offset, destination)
             ? device.ReadAsync(offset, destination)
             : ReadBouncedAsync(device, offset, destination);
 
@@ -65,7 +72,7 @@ public sealed partial class ThinPool
     /// <summary>Writes any byte range of the data device, read-modify-writing the partial sectors
     /// at the edges. The caller holds the block lock, so nobody else touches those sectors.</summary>
     internal ValueTask WriteAnyAsync(long offset, ReadOnlyMemory<byte> source) =>
-        IsDirect(Data, offset, source.Length, source.Span)
+        IsDirect(Data, offset, source)
             ? Data.WriteAsync(offset, source)
             : WriteBouncedAsync(offset, source);
 

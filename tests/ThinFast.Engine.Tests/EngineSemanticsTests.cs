@@ -358,4 +358,60 @@ public class EngineSemanticsTests
         await v.ReadAsync(4L * B, back);
         Assert.Equal(new byte[B], back);
     }
+    /// <summary>Fails any transfer whose buffer is a managed array: the GC may move one between
+    /// the alignment check and the moment the device pins it.</summary>
+    private sealed class ArrayRefusingDevice(IBlockDevice inner) : IBlockDevice
+    {
+        public int ArraysRefused;
+        public string Name => inner.Name;
+        public long Length => inner.Length;
+        public int LogicalBlockSize => inner.LogicalBlockSize;
+        public int BufferAlignment => inner.BufferAlignment;
+        public bool IsReadOnly => inner.IsReadOnly;
+        public ValueTask ReadAsync(long offset, Memory<byte> destination) =>
+            Refuse(destination) ?? inner.ReadAsync(offset, destination);
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, WriteFlags flags = WriteFlags.None) =>
+            Refuse(source) ?? inner.WriteAsync(offset, source, flags);
+        public ValueTask FlushAsync() => inner.FlushAsync();
+        public ValueTask DeallocateAsync(long offset, long length) => inner.DeallocateAsync(offset, length);
+        public ValueTask ZeroAsync(long offset, long length) => inner.ZeroAsync(offset, length);
+        public void Grow(long newLength) => inner.Grow(newLength);
+        public void Dispose() => inner.Dispose();
+
+        private ValueTask? Refuse(ReadOnlyMemory<byte> buffer)
+        {
+            if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray(buffer, out _))
+                return null;
+            Interlocked.Increment(ref ArraysRefused);
+            return ValueTask.FromException(new BlockDeviceException(BlockError.InvalidArgument, "a managed array reached the device"));
+        }
+    }
+
+    [Fact]
+    public async Task AManagedBufferNeverGoesToTheDataDeviceAsItIsEvenWhenAligned()
+    {
+        ArrayRefusingDevice? data = null;
+        using var h = new PoolHarness(8L * B, null, size => size == PoolHarness.MetadataSize
+            ? new MemoryBlockDevice(size, name: "metadata")
+            : data = new ArrayRefusingDevice(new MemoryBlockDevice(size, name: "data")));
+        var v = h.Pool.CreateVolume("a", 4L * B);
+        // An array on the pinned heap, sliced at a 4 KiB boundary: aligned now and never moving,
+        // but the engine cannot tell it from one that moves, so it must bounce it.
+        var array = GC.AllocateArray<byte>(3 * B, pinned: true);
+        int skew;
+        unsafe
+        {
+            fixed (byte* p = array)
+                skew = (int)((4096 - ((nint)p & 4095)) & 4095);
+        }
+        var aligned = array.AsMemory(skew, B);
+        PoolHarness.Pattern(B, 8).CopyTo(aligned);
+        await v.WriteAsync(0, aligned);                      // provisions a whole block
+        await v.WriteAsync(B, aligned[..4096]);              // provisions part of a block
+        await v.WriteAsync(0, aligned[..8192]);              // overwrites a mapped block in place
+        var back = array.AsMemory(skew + B, B);
+        await v.ReadAsync(0, back);
+        Assert.Equal(PoolHarness.Pattern(B, 8), back.ToArray());
+        Assert.Equal(0, data!.ArraysRefused);
+    }
 }
