@@ -20,129 +20,10 @@ public class OverlappingIoTests
     private const int Sector = 512;
     private const int SectorsPerBlock = B / Sector;
     private const long OriginTag = 1;   // the operation id origin sectors carry
-    private const long ZerosTag = 0;    // an all-zero sector
+    private const long ZerosTag = SectorStamps.Zeros;
 
-    private enum OpKind { Write, Zero, Discard }
-
-    /// <summary>Something that changes sectors [First, End) of a volume between two clock ticks.
-    /// It is recorded before it is issued, with <see cref="Completed"/> at infinity until it
-    /// completes, so a read that sees its data early can already account for it.</summary>
-    private sealed class Change(long id, OpKind kind, int first, int end, long issued)
-    {
-        public long Id { get; } = id;
-        public OpKind Kind { get; } = kind;
-        public int First { get; } = first;
-        public int End { get; } = end;
-        public long Issued { get; } = issued;
-        public long Completed { get; set; } = long.MaxValue;
-    }
-
-    /// <summary>A volume's history: the changes covering each sector, and each sector's
-    /// value before any change.</summary>
-    private sealed class History(int sectors, Func<int, long> initial)
-    {
-        public readonly List<Change>[] BySector = Enumerable.Range(0, sectors).Select(_ => new List<Change>()).ToArray();
-        public int Sectors => BySector.Length;
-        public long Initial(int sector) => initial(sector);
-
-        public void Add(Change c)
-        {
-            lock (this)
-                for (int s = c.First; s < c.End; s++)
-                    BySector[s].Add(c);
-        }
-
-        public void Complete(Change c)
-        {
-            lock (this)
-                c.Completed = Tick();
-        }
-
-        /// <summary>What a change leaves in a sector.</summary>
-        public long ValueOf(Change c, int sector) => c.Kind switch
-        {
-            OpKind.Write => c.Id,
-            OpKind.Zero => ZerosTag,
-            _ => Initial(sector),
-        };
-
-        /// <summary>Whether sector <paramref name="sector"/> may read <paramref name="value"/> to a
-        /// read that began at <paramref name="from"/> and ended at <paramref name="to"/>.</summary>
-        public bool MayRead(int sector, long value, long from, long to)
-        {
-            lock (this)
-            {
-                var changes = BySector[sector];
-                // The sector's value before any change is a candidate that "ended" at minus infinity.
-                if (value == Initial(sector) && !changes.Any(w => w.Completed < from))
-                    return true;
-                foreach (var c in changes)
-                {
-                    if (ValueOf(c, sector) != value || c.Issued >= to)
-                        continue;
-                    if (!changes.Any(w => c.Completed < w.Issued && w.Completed < from))
-                        return true;
-                }
-                return false;
-            }
-        }
-    }
-
-    private static long _clock;
-    private static long Tick() => Interlocked.Increment(ref _clock);
-
-    private static void Stamp(Span<byte> sector, long id, int index)
-    {
-        BitConverter.TryWriteBytes(sector, id);
-        BitConverter.TryWriteBytes(sector[8..], index);
-        ulong x = (ulong)id * 0x9E3779B97F4A7C15UL ^ (ulong)index;
-        for (int i = 16; i < Sector; i += 8)
-        {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            BitConverter.TryWriteBytes(sector[i..], x);
-        }
-    }
-
-    /// <summary>The operation id a sector carries, or null when its bytes are not one whole stamp
-    /// for this sector number (torn, misplaced, garbage).</summary>
-    private static long? Decode(ReadOnlySpan<byte> sector, int index)
-    {
-        if (!sector.ContainsAnyExcept((byte)0))
-            return ZerosTag;
-        long id = BitConverter.ToInt64(sector);
-        Span<byte> expected = stackalloc byte[Sector];
-        Stamp(expected, id, index);
-        return sector.SequenceEqual(expected) ? id : null;
-    }
-
-    private static byte[] Stamped(long id, int firstSector, int sectors)
-    {
-        var bytes = new byte[sectors * Sector];
-        for (int i = 0; i < sectors; i++)
-            Stamp(bytes.AsSpan(i * Sector, Sector), id, firstSector + i);
-        return bytes;
-    }
-
-    private sealed class Failures
-    {
-        private readonly List<string> _messages = new();
-        public int Count { get { lock (_messages) return _messages.Count; } }
-        public void Add(string message) { lock (_messages) if (_messages.Count < 20) _messages.Add(message); }
-        public override string ToString() { lock (_messages) return string.Join("\n", _messages); }
-    }
-
-    private static void Check(History history, string what, byte[] bytes, int firstSector, long from, long to, Failures failures)
-    {
-        for (int i = 0; i < bytes.Length / Sector; i++)
-        {
-            int sector = firstSector + i;
-            long? value = Decode(bytes.AsSpan(i * Sector, Sector), sector);
-            if (value is null)
-                failures.Add($"{what}: sector {sector} holds no whole stamp for itself (torn or misplaced data)");
-            else if (!history.MayRead(sector, value.Value, from, to))
-                failures.Add($"{what}: sector {sector} read the value of operation {value} (0 = zeros, 1 = origin), which it could not hold then");
-        }
-    }
+    private static void Check(SectorHistory history, string what, byte[] bytes, int firstSector, long from, long to, FailureLog failures) =>
+        history.Check(what, bytes, firstSector, (sector, value) => history.MayRead(sector, value, from, to), failures.Add);
 
     [Fact]
     public async Task OverlappingWritesReadsZeroesAndDiscardsWithSnapshotsAndGrowsInFlightKeepEverySectorConsistent()
@@ -157,16 +38,16 @@ public class OverlappingIoTests
 
         // The origin ends inside block 5, so sectors past its end read zeros.
         int originSectors = 5 * SectorsPerBlock + 24;
-        string originPath = h.AddOrigin("base", Stamped(OriginTag, 0, originSectors));
-        var volumes = new Dictionary<string, History>
+        string originPath = h.AddOrigin("base", SectorStamps.Stamped(OriginTag, 0, originSectors));
+        var volumes = new Dictionary<string, SectorHistory>
         {
-            ["a"] = new History(sectors, s => s < originSectors ? OriginTag : ZerosTag),
-            ["b"] = new History(sectors, _ => ZerosTag),
+            ["a"] = new SectorHistory(sectors, s => s < originSectors ? OriginTag : ZerosTag),
+            ["b"] = new SectorHistory(sectors, _ => ZerosTag),
         };
         h.Pool.CreateVolume("a", (long)sectors * Sector, originPath);
         h.Pool.CreateVolume("b", (long)sectors * Sector);
         long nextId = 100;
-        var failures = new Failures();
+        var failures = new FailureLog();
         var writes = new List<(string Volume, Change Change)>();
         int running = workers;
 
@@ -184,23 +65,23 @@ public class OverlappingIoTests
                     int count = Math.Min(sectors - first, random.Next(4) == 0 ? random.Next(1, 3 * SectorsPerBlock) : random.Next(1, 16));
                     long offset = (long)first * Sector, length = (long)count * Sector;
                     int kind = random.Next(100);
-                    long issued = Tick();
+                    long issued = SectorHistory.Tick();
                     if (kind < 40)
                     {
                         var back = new byte[length];
                         await volume.ReadAsync(offset, back);
-                        Check(history, $"read of {name}", back, first, issued, Tick(), failures);
+                        Check(history, $"read of {name}", back, first, issued, SectorHistory.Tick(), failures);
                     }
                     else if (kind < 85)
                     {
-                        var change = Record(name, OpKind.Write, first, first + count, issued);
+                        var change = Record(name, ChangeKind.Write, first, first + count, issued);
                         var flags = random.Next(8) == 0 ? WriteFlags.ForceUnitAccess : WriteFlags.None;
-                        await volume.WriteAsync(offset, Stamped(change.Id, first, count), flags);
+                        await volume.WriteAsync(offset, SectorStamps.Stamped(change.Id, first, count), flags);
                         history.Complete(change);
                     }
                     else if (kind < 92)
                     {
-                        var change = Record(name, OpKind.Zero, first, first + count, issued);
+                        var change = Record(name, ChangeKind.Zero, first, first + count, issued);
                         await volume.WriteZeroesAsync(offset, length, random.Next(2) == 0 ? ZeroFlags.MayDeallocate : ZeroFlags.None);
                         history.Complete(change);
                     }
@@ -208,7 +89,7 @@ public class OverlappingIoTests
                     {
                         // Only the whole blocks inside the range are unmapped.
                         int firstBlock = (first + SectorsPerBlock - 1) / SectorsPerBlock, endBlock = (first + count) / SectorsPerBlock;
-                        var change = firstBlock < endBlock ? Record(name, OpKind.Discard, firstBlock * SectorsPerBlock, endBlock * SectorsPerBlock, issued) : null;
+                        var change = firstBlock < endBlock ? Record(name, ChangeKind.Discard, firstBlock * SectorsPerBlock, endBlock * SectorsPerBlock, issued) : null;
                         await volume.DiscardAsync(offset, length);
                         if (change is not null)
                             history.Complete(change);
@@ -216,6 +97,7 @@ public class OverlappingIoTests
                     else
                     {
                         await volume.FlushAsync();
+                        history.Flushed(issued);
                     }
                 }
             }
@@ -225,9 +107,9 @@ public class OverlappingIoTests
             }
         }
 
-        Change Record(string name, OpKind kind, int first, int end, long issued)
+        Change Record(string name, ChangeKind kind, int first, int end, long issued)
         {
-            var change = new Change(Interlocked.Increment(ref nextId), kind, first, end, issued);
+            var change = new Change(Interlocked.Increment(ref nextId), kind, first, end, issued, fua: false);
             volumes[name].Add(change);
             lock (writes)
                 writes.Add((name, change));
@@ -253,10 +135,10 @@ public class OverlappingIoTests
                 {
                     string source = random.Next(3) == 0 ? "b" : "a";
                     string name = $"snap{snapshots++}";
-                    long from = Tick();
+                    long from = SectorHistory.Tick();
                     try { await Task.Run(() => h.Pool.CreateSnapshot(source, name), TestContext.Current.CancellationToken); }
                     catch (PoolException e) { lock (h.Events) throw new Exception($"{e.Message}; status {h.Pool.GetStatus()}; log: {string.Join(" | ", h.Events)}"); }
-                    live.Enqueue((name, source, from, Tick()));
+                    live.Enqueue((name, source, from, SectorHistory.Tick()));
                 }
                 else
                 {
@@ -286,7 +168,7 @@ public class OverlappingIoTests
             {
                 var back = new byte[(long)sectors * Sector];
                 await h.Pool.GetVolume(name).ReadAsync(0, back);
-                long now = Tick();
+                long now = SectorHistory.Tick();
                 Check(history, $"{name} {pass}", back, 0, now, now, failures);
             }
             Assert.True(failures.Count == 0, failures.ToString());
