@@ -101,7 +101,7 @@ public sealed class PowerCutDevice : IBlockDevice
     {
         lock (_lock)
         {
-            Count(null, 0);
+            Count("read", null, 0);
             this.ValidateRequest(offset, destination.Length, destination.Span, isWrite: false);
             _current.AsSpan(checked((int)offset), destination.Length).CopyTo(destination.Span);
         }
@@ -113,7 +113,7 @@ public sealed class PowerCutDevice : IBlockDevice
         lock (_lock)
         {
             this.ValidateRequest(offset, source.Length, source.Span, isWrite: true);
-            Count(source.Span, offset);
+            Count((flags & WriteFlags.ForceUnitAccess) != 0 ? "FUA write" : "write", source.Span, offset);
             source.Span.CopyTo(_current.AsSpan(checked((int)offset)));
             bool fua = (flags & WriteFlags.ForceUnitAccess) != 0;
             if (fua)
@@ -128,7 +128,7 @@ public sealed class PowerCutDevice : IBlockDevice
     {
         lock (_lock)
         {
-            Count(null, 0);
+            Count("flush", null, 0);
             foreach (var (offset, data, _) in _pending)
                 data.CopyTo(_durable.AsSpan(checked((int)offset)));
             _pending.Clear();
@@ -146,7 +146,7 @@ public sealed class PowerCutDevice : IBlockDevice
             this.ValidateRequest(offset, length, default, isWrite: true);
             var after = _current.AsSpan(checked((int)offset), checked((int)length)).ToArray();
             Deallocation.Apply(after);
-            Count(after, offset);
+            Count("deallocate", after, offset);
             after.CopyTo(_current.AsSpan(checked((int)offset)));
             _pending.Add((offset, after, false));
         }
@@ -159,7 +159,7 @@ public sealed class PowerCutDevice : IBlockDevice
         {
             this.ValidateRequest(offset, length, default, isWrite: true);
             var zeros = new byte[length];
-            Count(zeros, offset);
+            Count("zero", zeros, offset);
             zeros.CopyTo(_current.AsSpan(checked((int)offset)));
             _pending.Add((offset, zeros, false));
         }
@@ -193,12 +193,14 @@ public sealed class PowerCutDevice : IBlockDevice
     }
 
     // Counts one operation on the rail; at the cut every device on it keeps only what survives.
-    private void Count(ReadOnlySpan<byte> inFlightWrite, long writeOffset)
+    private void Count(string kind, ReadOnlySpan<byte> inFlightWrite, long writeOffset)
     {
         if (_rail.IsCut)
             throw Unavailable();
         if (!_rail.CountOperation())
             return;
+        _rail.CutOperation = $"{kind} on {Name}";
+        _rail.OnCut?.Invoke();
         foreach (var device in _rail.Devices)
             device.LoseVolatileState(_rail.Random, _rail.PendingWritesSurvive);
         if (_rail.TearInFlightWrite && !inFlightWrite.IsEmpty)
@@ -250,6 +252,13 @@ public sealed class PowerRail
     public int Seed { get; set; } = 1;
 
     public bool IsCut { get; private set; }
+
+    /// <summary>The operation the power failed in, e.g. "write on data".</summary>
+    public string? CutOperation { get; internal set; }
+
+    /// <summary>Called at the cut, before anything is lost, on the thread of the failing operation
+    /// and under the rail's lock: to record what else was in flight at that instant.</summary>
+    public Action? OnCut { get; set; }
 
     public long OperationCount
     {
