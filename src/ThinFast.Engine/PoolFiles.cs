@@ -83,14 +83,17 @@ public sealed partial class ThinPool
         if (!File.Exists(path) && !path.StartsWith("/dev/", StringComparison.Ordinal))
             throw new FileNotFoundException($"{path} does not exist", path);
         var direct = OpenOriginHandle(path, io, pageCache: false);
-        if (!pageCache)
-            return direct;
+        IBlockDevice? cached = null;
         try
         {
-            return new OriginDevice(OpenOriginHandle(path, io, pageCache: true), direct);
+            cached = pageCache ? OpenOriginHandle(path, io, pageCache: true) : direct;
+            long byteLength = path.StartsWith("/dev/", StringComparison.Ordinal) ? direct.Length : new FileInfo(path).Length;
+            return new OriginDevice(cached, direct, byteLength);
         }
         catch
         {
+            if (!ReferenceEquals(cached, direct))
+                cached?.Dispose();
             direct.Dispose();
             throw;
         }

@@ -168,7 +168,7 @@ public sealed partial class ThinPool : IDisposable
                 SaveManifest(_manifest with { PendingDeviceIds = [.. _manifest.PendingDeviceIds, id], HighestDeviceId = id });
                 MutateMetadata(m => m.CreateThin(id));
                 CommitCore();
-                var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = origin?.Length };
+                var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = OriginByteLength(origin) };
                 SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record], PendingDeviceIds = _manifest.PendingDeviceIds.Where(p => p != id).ToList() });
                 var volume = new ThinVolume(this, record, origin);
                 _volumes[name] = volume;
@@ -332,6 +332,8 @@ public sealed partial class ThinPool : IDisposable
         return new ThinVolume(this, record, origin, unavailable);
     }
 
+    private static long? OriginByteLength(IBlockDevice? origin) => origin is OriginDevice file ? file.ByteLength : origin?.Length;
+
     private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)
     {
         IBlockDevice origin;
@@ -352,10 +354,13 @@ public sealed partial class ThinPool : IDisposable
             origin.Dispose();
             throw new PoolException($"origin {path} was not opened read-only");
         }
-        if (expectedSize is { } size && origin.Length != size)
+        // Manifests written before tails were read recorded the length rounded down to the
+        // sector; that still names the same file.
+        long length = OriginByteLength(origin)!.Value;
+        if (expectedSize is { } size && length != size && origin.Length != size)
         {
             origin.Dispose();
-            throw new PoolException($"origin {path} of volume '{volumeName}' changed size from {size} to {origin.Length} bytes; refusing to serve stale data");
+            throw new PoolException($"origin {path} of volume '{volumeName}' changed size from {size} to {length} bytes; refusing to serve stale data");
         }
         if (origin.Length % 512 != 0)
         {

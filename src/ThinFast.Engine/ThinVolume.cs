@@ -34,7 +34,7 @@ public sealed partial class ThinVolume : IBlockVolume
         Record = record;
         _origin = origin;
         _originForCopies = origin is OriginDevice two ? two.ForCopies : origin;
-        _originSize = origin?.Length ?? 0;
+        _originSize = origin is OriginDevice file ? file.ByteLength : origin?.Length ?? 0;
         _unavailable = unavailable;
         _blockSize = pool.BlockSize;
     }
@@ -238,6 +238,12 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             destination.Span[(int)available..].Clear();
             destination = destination[..(int)available];
+        }
+        if (_origin is OriginDevice file)
+        {
+            destination = destination[..file.CopyTail(virtualOffset, destination.Span)];
+            if (destination.IsEmpty)
+                return ValueTask.CompletedTask;
         }
         return _pool.ReadAnyAsync(forCopy ? _originForCopies! : _origin!, virtualOffset, destination);
     }

@@ -83,4 +83,40 @@ public class PoolFilesTests
             Directory.Delete(dir, recursive: true);
         }
     }
+    [Theory]
+    [InlineData(BlockDeviceBackend.IoUring, true)]
+    [InlineData(BlockDeviceBackend.IoUring, false)]
+    [InlineData(BlockDeviceBackend.Portable, false)]
+    public async Task AnOriginWhoseLengthIsNotAMultipleOfTheSectorReadsItsTailBytes(BlockDeviceBackend backend, bool originPageCache)
+    {
+        var dir = Directory.CreateTempSubdirectory("thinfast-tail-").FullName;
+        try
+        {
+            string basePath = Path.Combine(dir, "base.img");
+            int baseLength = 3 * PoolOptions.DefaultBlockSize + 1000;   // ends 1000 bytes into block 3, mid-sector
+            var baseBytes = PoolHarness.Pattern(baseLength, 21);
+            File.WriteAllBytes(basePath, baseBytes);
+            using var pool = ThinPool.CreateFiles(PoolFiles.InFolder(dir), 8 << 20, 64 << 20, new PoolOptions { OriginPageCache = originPageCache }, new BlockDeviceOptions { Backend = backend });
+            var v = pool.CreateVolume("vm", 8L * PoolOptions.DefaultBlockSize, basePath);
+            var expected = new byte[8 * PoolOptions.DefaultBlockSize];
+            baseBytes.CopyTo(expected, 0);
+
+            // Read through the origin, then provision block 3 with a partial write, which copies
+            // the tail from the origin.
+            var back = new byte[expected.Length];
+            await v.ReadAsync(0, back);
+            Assert.True(back.AsSpan().SequenceEqual(expected), $"first difference at byte {back.AsSpan().CommonPrefixLength(expected)} (origin ends at {baseLength})");
+            var data = PoolHarness.Pattern(4096, 22);
+            long at = 3L * PoolOptions.DefaultBlockSize + 8192;
+            await v.WriteAsync(at, data);
+            data.CopyTo(expected, at);
+            await v.ReadAsync(0, back);
+            Assert.True(back.AsSpan().SequenceEqual(expected), $"after the copy: first difference at byte {back.AsSpan().CommonPrefixLength(expected)} (origin ends at {baseLength})");
+            Assert.Equal(baseBytes, File.ReadAllBytes(basePath));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
