@@ -185,6 +185,10 @@ internal sealed class CountTable
             _unavailableFree--;
     }
 
+    /// <summary>Entries the allocator has looked at, for tests that the search stays cheap: no
+    /// scan when nothing is allocatable, and no rescan of the used prefix.</summary>
+    internal long EntriesScanned { get; private set; }
+
     private bool TryFindAllocatable(out ulong block)
     {
         // The free count says at once when there is nothing: no scan of the table under the
@@ -198,10 +202,12 @@ internal sealed class CountTable
                 if (_counts[b] == 0 && !IsUnavailable(b))
                 {
                     _hint = b + 1;
+                    EntriesScanned += (long)scanned + 1;
                     block = b;
                     return true;
                 }
             }
+            EntriesScanned += (long)n;
         }
         block = 0;
         return false;

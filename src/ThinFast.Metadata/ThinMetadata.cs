@@ -55,6 +55,8 @@ public sealed partial class ThinMetadata : IDisposable
     public ulong AllocatableDataBlocks => _tm.Data.Allocatable;
     /// <summary>Data blocks reserved by <see cref="TryAllocateDataBlock"/> and not yet mapped.</summary>
     public ulong ReservedDataBlocks => _tm.Data.Reserved;
+
+    internal long DataEntriesScanned => _tm.Data.EntriesScanned;
     public ulong MetadataBlockCount => _tm.Meta.NrBlocks;
     public ulong FreeMetadataBlocks => _tm.Meta.Free;
     public ulong TransactionId => _sb.TransactionId;

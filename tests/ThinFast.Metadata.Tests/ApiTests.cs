@@ -150,6 +150,23 @@ public class ApiTests
     }
 
     [Fact]
+    public void AllocationOnAFullPoolScansNothingAndFillingItScansEachEntryAboutOnce()
+    {
+        // A write on a full pool asks for a block under the pool's exclusive metadata lock, and
+        // asks again each time it is retried: that must not cost a pass over the whole table.
+        const ulong blocks = 200_000;
+        var dev = new MemoryBlockDevice(16 << 20);
+        using var md = ThinMetadata.Format(dev, 128, blocks);
+        for (ulong i = 0; i < blocks; i++)
+            Assert.True(md.TryAllocateDataBlock(out _));
+        long filling = md.DataEntriesScanned;
+        Assert.True(filling <= 2 * (long)blocks, $"filling {blocks} blocks looked at {filling} entries");
+        for (int i = 0; i < 1000; i++)
+            Assert.False(md.TryAllocateDataBlock(out _));
+        Assert.Equal(filling, md.DataEntriesScanned);
+    }
+
+    [Fact]
     public void FreedDataBlocksAreNotReusedBeforeTheCommit()
     {
         var dev = new MemoryBlockDevice(4 << 20);
