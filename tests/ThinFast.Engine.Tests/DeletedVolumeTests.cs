@@ -92,4 +92,34 @@ public class DeletedVolumeTests
         Assert.Equal(fresh, back);
         h.AssertMetadataClean();
     }
+    [Fact]
+    public async Task ADeviceACrashLeftWithoutItsVolumeIsReclaimedAtOpenWithALogLine()
+    {
+        using var h = new PoolHarness(16L * B);
+        var a = h.Pool.CreateVolume("a", 4L * B);
+        var b = h.Pool.CreateVolume("b", 4L * B);
+        await a.WriteAsync(0, PoolHarness.Pattern(B, 1));
+        await b.WriteAsync(0, PoolHarness.Pattern(B, 2));
+        await b.WriteAsync(B, PoolHarness.Pattern(B, 3));
+        await h.Pool.FlushAsync();
+        uint orphan = h.Pool.VolumeRecords.Single(r => r.Name == "b").DeviceId;
+        ulong usedBefore = h.Pool.GetStatus().UsedDataBlocks;
+        h.Pool.Dispose();
+
+        // What a crash between the metadata commit and the manifest write leaves: the device is
+        // in the metadata, the manifest names no volume for it and lists it as pending.
+        var manifest = PoolManifest.Load(h.ManifestPath);
+        (manifest with { Volumes = manifest.Volumes.Where(v => v.Name != "b").ToList(), PendingDeviceIds = [orphan] }).Save(h.ManifestPath);
+        h.ReopenFrom(new MemoryBlockDevice(((MemoryBlockDevice)h.MetadataDevice).ToArray(), name: "metadata"), new MemoryBlockDevice(((MemoryBlockDevice)h.DataDevice).ToArray(), name: "data"));
+
+        h.WaitForEvent($"reclaimed thin device {orphan}");
+        Assert.Equal(usedBefore - 2, h.Pool.GetStatus().UsedDataBlocks);
+        Assert.Empty(PoolManifest.Load(h.ManifestPath).PendingDeviceIds);
+        var back = new byte[B];
+        await h.Pool.GetVolume("a").ReadAsync(0, back);
+        Assert.Equal(PoolHarness.Pattern(B, 1), back);
+        h.Pool.CreateVolume("c", B);
+        Assert.True(h.Pool.VolumeRecords.Single(r => r.Name == "c").DeviceId > orphan, "the reclaimed device's id was handed out again");
+        h.AssertMetadataClean();
+    }
 }
