@@ -46,7 +46,8 @@ public sealed record PoolOptions
     /// </summary>
     public bool OriginPageCache { get; init; } = true;
 
-    /// <summary>Bounce buffers for provisioning copies and unaligned requests.</summary>
+    /// <summary>Bounce buffers for provisioning copies and unaligned requests, each one chunk
+    /// (the block size, at most 1 MiB): a bound, not a cache; requests beyond it wait for one.</summary>
     public int BounceBuffers { get; init; } = 64;
 
     /// <summary>Where events (low water, mode changes, commit failures) are reported.</summary>

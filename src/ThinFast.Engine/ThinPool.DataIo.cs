@@ -7,21 +7,6 @@ namespace ThinFast.Engine;
 // ---- Data-path helpers: aligned I/O with bounce buffers where the request is not aligned ----
 public sealed partial class ThinPool
 {
-    internal NativeBuffer RentBounce()
-    {
-        // The pool is sized for the common load; past it a temporary buffer keeps the request
-        // moving instead of stalling it (it is freed on return, so this path allocates).
-        return BounceBuffers.TryRent(out var buffer) ? buffer : new NativeBuffer(ChunkSize);
-    }
-
-    internal void ReturnBounce(NativeBuffer buffer)
-    {
-        if (buffer.PoolIndex >= 0)
-            BounceBuffers.Return(buffer);
-        else
-            ((IDisposable)buffer).Dispose();
-    }
-
     /// <summary>Whether the caller's buffer can go to the device as it is. A managed array never
     /// does, however it is aligned now: the GC may move it before the device pins it, and an
     /// O_DIRECT transfer from the moved address fails. Front ends pass native buffers, which
@@ -37,16 +22,18 @@ public sealed partial class ThinPool
     /// <summary>Reads any byte range of <paramref name="device"/>: straight into the caller's
     /// buffer when offset, length and address suit O_DIRECT, else through a bounce buffer
     /// covering the enclosing aligned range.</summary>
-    internal ValueTask ReadAnyAsync(IBlockDevice device, long offset, Memory<byte> destination) =>
+    /// <param name="holdingBounce">The caller holds a bounce buffer already (a provisioning copy):
+    /// a second one must not wait (see <see cref="BounceBufferPool"/>).</param>
+    internal ValueTask ReadAnyAsync(IBlockDevice device, long offset, Memory<byte> destination, bool holdingBounce = false) =>
         IsDirect(device, offset, destination)
             ? device.ReadAsync(offset, destination)
-            : ReadBouncedAsync(device, offset, destination);
+            : ReadBouncedAsync(device, offset, destination, holdingBounce);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ReadBouncedAsync(IBlockDevice device, long offset, Memory<byte> destination)
+    private async ValueTask ReadBouncedAsync(IBlockDevice device, long offset, Memory<byte> destination, bool holdingBounce)
     {
         int lbs = device.LogicalBlockSize;
-        var bounce = RentBounce();
+        var bounce = holdingBounce ? BounceBuffers.RentNested() : await BounceBuffers.RentAsync();
         try
         {
             int done = 0;
@@ -65,7 +52,7 @@ public sealed partial class ThinPool
         }
         finally
         {
-            ReturnBounce(bounce);
+            BounceBuffers.Return(bounce);
         }
     }
 
@@ -80,7 +67,7 @@ public sealed partial class ThinPool
     private async ValueTask WriteBouncedAsync(long offset, ReadOnlyMemory<byte> source)
     {
         int lbs = Data.LogicalBlockSize;
-        var bounce = RentBounce();
+        var bounce = await BounceBuffers.RentAsync();
         try
         {
             int done = 0;
@@ -102,7 +89,7 @@ public sealed partial class ThinPool
         }
         finally
         {
-            ReturnBounce(bounce);
+            BounceBuffers.Return(bounce);
         }
     }
 }

@@ -41,7 +41,7 @@ public sealed partial class ThinPool : IDisposable
     private PoolManifest _manifest;
 
     internal readonly BlockLockTable BlockLocks = new();
-    internal readonly AlignedBufferPool BounceBuffers;
+    internal readonly BounceBufferPool BounceBuffers;
     /// <summary>Never written: the source of zeros for provisioning.</summary>
     internal readonly NativeBuffer ZeroBuffer;
 
@@ -61,7 +61,7 @@ public sealed partial class ThinPool : IDisposable
         _manifest = manifest;
         BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512u));
         ChunkSize = Math.Min(BlockSize, MaxChunk);
-        BounceBuffers = new AlignedBufferPool(ChunkSize, options.BounceBuffers);
+        BounceBuffers = new BounceBufferPool(ChunkSize, options.BounceBuffers);
         ZeroBuffer = new NativeBuffer(ChunkSize);
         _commitThread = new Thread(CommitLoop) { IsBackground = true, Name = "thinfast-commit" };
         _commitThread.Start();

@@ -245,7 +245,7 @@ public sealed partial class ThinVolume : IBlockVolume
             if (destination.IsEmpty)
                 return ValueTask.CompletedTask;
         }
-        return _pool.ReadAnyAsync(forCopy ? _originForCopies! : _origin!, virtualOffset, destination);
+        return _pool.ReadAnyAsync(forCopy ? _originForCopies! : _origin!, virtualOffset, destination, holdingBounce: forCopy);
     }
 
     // ---- Writes ----
@@ -395,7 +395,7 @@ public sealed partial class ThinVolume : IBlockVolume
                 await _pool.Data.WriteAsync(blockBase + chunkStart, _pool.ZeroBuffer.Memory[..chunk]);
                 continue;
             }
-            var bounce = _pool.RentBounce();
+            var bounce = await _pool.BounceBuffers.RentAsync();
             try
             {
                 var buffer = bounce.Memory[..chunk];
@@ -411,7 +411,7 @@ public sealed partial class ThinVolume : IBlockVolume
             }
             finally
             {
-                _pool.ReturnBounce(bounce);
+                _pool.BounceBuffers.Return(bounce);
             }
         }
     }

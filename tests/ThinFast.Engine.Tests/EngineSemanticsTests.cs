@@ -414,4 +414,34 @@ public class EngineSemanticsTests
         Assert.Equal(PoolHarness.Pattern(B, 8), back.ToArray());
         Assert.Equal(0, data!.ArraysRefused);
     }
+    [Fact]
+    public async Task UnalignedWritesBeyondTheBounceBuffersWaitForOneInsteadOfAllocating()
+    {
+        GatedDevice? data = null;
+        using var h = new PoolHarness(32L * B, new PoolOptions { BounceBuffers = 4 }, size => size == PoolHarness.MetadataSize
+            ? new MemoryBlockDevice(size, name: "metadata")
+            : data = new GatedDevice(new MemoryBlockDevice(size, name: "data"), GatedOperations.Write));
+        data!.Open();
+        var v = h.Pool.CreateVolume("a", 16L * B);
+        for (int i = 0; i < 16; i++)
+            await v.WriteAsync((long)i * B, PoolHarness.Pattern(B, i));
+
+        // Sixteen writes that each need a bounce buffer (unaligned, into mapped blocks), while
+        // the device holds every write: four get a buffer and reach the device, twelve wait.
+        data.Close();
+        var writes = Enumerable.Range(0, 16).Select(i => v.WriteAsync((long)i * B + 100, PoolHarness.Pattern(1000, 100 + i)).AsTask()).ToArray();
+        Assert.True(SpinWait.SpinUntil(() => h.Pool.BounceBuffers.Waiting == 12, TimeSpan.FromSeconds(10)),
+            $"{h.Pool.BounceBuffers.Waiting} requests wait for a bounce buffer, {data.WritesArrived} writes reached the device");
+        Assert.Equal(4, data.WritesArrived);
+        Assert.Equal(0, h.Pool.BounceBuffers.Temporaries);
+        data.Open();
+        await Task.WhenAll(writes).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        for (int i = 0; i < 16; i++)
+        {
+            var expected = PoolHarness.Pattern(B, i);
+            PoolHarness.Pattern(1000, 100 + i).CopyTo(expected, 100);
+            Assert.Equal(expected, Read(v, (long)i * B, B));
+        }
+        Assert.Equal(12, h.Pool.BounceBuffers.Waits);
+    }
 }
