@@ -79,9 +79,8 @@ public sealed partial class ThinPool
                     waiters.Fail(new BlockDeviceException(BlockError.IoError, $"commit failed: {failure.Message}", inner: failure));
                 waiters = next;
             }
-            // Discards go down after the FLUSH callers have their answer: they only wait on the
-            // commit, never on the discards.
-            PassDownAndRelease(freed);
+            // FLUSH callers wait on the commit only; the discards go down on their own thread.
+            QueuePassdown(freed);
             SignalSpace();
             ExpireSpaceWaiters();
         }
@@ -93,7 +92,7 @@ public sealed partial class ThinPool
     private void CommitCore()
     {
         var freed = CommitAndTakeFreed(mustCommit: true);
-        PassDownAndRelease(freed);
+        QueuePassdown(freed);
         // A commit is where blocks freed in the transaction become allocatable again.
         SignalSpace();
     }

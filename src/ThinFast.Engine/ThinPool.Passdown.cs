@@ -10,11 +10,20 @@ namespace ThinFast.Engine;
 // discard has completed the block is held: free in the metadata written out, but never handed
 // to another writer, whose data a late discard would destroy. A crash simply ends the hold
 // (every newly provisioned block is fully written or zeroed before it is mapped).
+//
+// The discards run on a thread of their own: a discard of a large range can take seconds, and
+// neither a FLUSH (which waits for the commit thread) nor an administrative commit may wait for
+// it. Blocks wait for their discard held, so a slow discard delays only their reuse.
 public sealed partial class ThinPool
 {
     // Blocks unmapped in the open transaction; guarded by the metadata lock.
     private List<ulong> _passdownPending = new();
     private volatile bool _passdownUnsupported;
+    // Committed batches waiting for (or in) their discards, oldest first; the head stays queued
+    // until its blocks are released, so an empty queue means nothing is in flight.
+    private readonly Queue<List<ulong>> _passdownQueue = new();
+    private Thread? _passdownThread;
+    private bool _passdownClosing;
 
     private bool PassdownEnabled => Options.DiscardPassdown && !_passdownUnsupported;
 
@@ -37,6 +46,96 @@ public sealed partial class ThinPool
         var committed = _passdownPending;
         _passdownPending = new List<ulong>();
         return committed;
+    }
+
+    /// <summary>Hands the blocks a durable commit freed to the passdown thread.</summary>
+    private void QueuePassdown(List<ulong>? freed)
+    {
+        if (freed is null)
+            return;
+        lock (_passdownQueue)
+        {
+            if (_passdownThread is null)
+            {
+                _passdownThread = new Thread(PassdownLoop) { IsBackground = true, Name = "thinfast-passdown" };
+                _passdownThread.Start();
+            }
+            _passdownQueue.Enqueue(freed);
+            Monitor.PulseAll(_passdownQueue);
+        }
+    }
+
+    private void PassdownLoop()
+    {
+        while (true)
+        {
+            List<ulong> batch;
+            lock (_passdownQueue)
+            {
+                while (_passdownQueue.Count == 0 && !_passdownClosing)
+                    Monitor.Wait(_passdownQueue);
+                if (_passdownQueue.Count == 0)
+                    return;
+                batch = _passdownQueue.Peek();
+            }
+            try
+            {
+                PassDownAndRelease(batch);
+            }
+            catch (Exception) when (Volatile.Read(ref _passdownClosing))
+            {
+                return;   // the pool closed under a discard that outlived the shutdown's patience
+            }
+            SignalSpace();
+            lock (_passdownQueue)
+            {
+                _passdownQueue.Dequeue();
+                Monitor.PulseAll(_passdownQueue);
+            }
+        }
+    }
+
+    /// <summary>Whether committed discards are queued or running: their blocks come free soon.</summary>
+    private bool PassdownsInFlight
+    {
+        get { lock (_passdownQueue) return _passdownQueue.Count > 0; }
+    }
+
+    /// <summary>Waits until every committed discard has completed and its blocks are
+    /// allocatable again; false on timeout.</summary>
+    internal bool WaitForPassdowns(TimeSpan timeout)
+    {
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        lock (_passdownQueue)
+        {
+            while (_passdownQueue.Count > 0)
+            {
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0)
+                    return false;
+                Monitor.Wait(_passdownQueue, TimeSpan.FromMilliseconds(left));
+            }
+            return true;
+        }
+    }
+
+    /// <summary>Lets the queued discards finish within the shutdown's patience, then stops. A
+    /// discard still stuck after that is abandoned: it is advice, and the blocks are free in the
+    /// committed metadata already.</summary>
+    private void StopPassdownThread()
+    {
+        bool drained = WaitForPassdowns(Options.AdminDrainTimeout);
+        Thread? thread;
+        lock (_passdownQueue)
+        {
+            _passdownClosing = true;
+            Monitor.PulseAll(_passdownQueue);
+            thread = _passdownThread;
+        }
+        if (!drained)
+            Log($"closing: discards on the data device still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s; closing without them");
+        else
+            thread?.Join();
     }
 
     /// <summary>Discards committed-free blocks on the data device (coalescing runs), then makes

@@ -41,8 +41,16 @@ public sealed partial class ThinPool
                 await FlushAsync();
                 continue;
             }
-            SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
-            if (Options.ErrorIfNoSpace || _noSpaceTimedOut || _closing)
+            // Blocks whose discard is in flight are free as soon as it completes: wait for them
+            // rather than report a full pool that a TRIM and a FLUSH have just emptied.
+            bool spaceComing = PassdownsInFlight;
+            if (!spaceComing)
+            {
+                SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
+                if (Options.ErrorIfNoSpace || _noSpaceTimedOut || _closing)
+                    throw NoSpace();
+            }
+            else if (_closing)
                 throw NoSpace();
             gate.Park();
             try
@@ -91,6 +99,10 @@ public sealed partial class ThinPool
             waiter.Next = _spaceWaiters;
             _spaceWaiters = waiter;
         }
+        // Space freed after the caller's failed attempt and before it queued would wake nobody:
+        // look again now that the waiter is visible to whoever frees space next.
+        if (ReadMetadata(m => m.AllocatableDataBlocks) > 0)
+            SignalSpace();
         // The commit thread times the queue out; wake it so it knows the deadline.
         _commitWake.Set();
         return waiter.Task;

@@ -646,6 +646,7 @@ public sealed partial class ThinPool : IDisposable
                 Log($"final commit failed: {e.Message}");
             }
         }
+        StopPassdownThread();
         foreach (var v in _volumes.Values)
             v.DisposeOrigin();
         _metadata.Dispose();

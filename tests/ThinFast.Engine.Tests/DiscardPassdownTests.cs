@@ -74,4 +74,41 @@ public class DiscardPassdownTests
         h.AssertOriginsUnchanged();
         h.AssertMetadataClean();
     }
+    [Fact]
+    public async Task ASlowDiscardDelaysNeitherAFlushNorACommitNorTheShutdown()
+    {
+        GatedDevice? gated = null;
+        var h = new PoolHarness(16L * B, new PoolOptions { AdminDrainTimeout = TimeSpan.FromMilliseconds(500) }, size =>
+            size == PoolHarness.MetadataSize
+                ? new MemoryBlockDevice(size, name: "metadata")
+                : gated = new GatedDevice(new MemoryBlockDevice(size, name: "data")));
+        try
+        {
+            var a = h.Pool.CreateVolume("a", 8L * B);
+            for (int i = 0; i < 4; i++)
+                await a.WriteAsync((long)i * B, PoolHarness.Pattern(B, i));
+            await a.FlushAsync();
+
+            // A TRIM whose discard then sticks on the device (a large range on a slow disk).
+            await a.DiscardAsync(0, 2L * B);
+            await a.FlushAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+            Assert.True(gated!.DeallocateArrived.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken), "the discard never reached the data device");
+
+            // Meanwhile the guest goes on writing and flushing, and the operator creates a volume.
+            await a.WriteAsync(4L * B, PoolHarness.Pattern(B, 9));
+            await a.FlushAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+            await Task.Run(() => h.Pool.CreateVolume("b", B), TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+            Assert.Equal(1, gated.DeallocatesArrived);
+
+            // Shutdown waits for the discard only as long as it waits for requests, then closes.
+            var close = Task.Run(() => h.Pool.Dispose(), TestContext.Current.CancellationToken);
+            await close.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+            h.WaitForEvent("discards on the data device still in flight");
+        }
+        finally
+        {
+            gated?.Open();
+            h.Dispose();
+        }
+    }
 }

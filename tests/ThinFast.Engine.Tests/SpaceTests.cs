@@ -32,6 +32,7 @@ public class SpaceTests
             await v.FlushAsync();
             await v.DiscardAsync(4L * B, B);
             pool.CommitNow();
+            Assert.True(pool.WaitForPassdowns(TimeSpan.FromSeconds(10)), "the discard never finished");
             lock (log)
                 Assert.DoesNotContain(log, line => line.Contains("discard of data blocks"));
             var back = new byte[B];
