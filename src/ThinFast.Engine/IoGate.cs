@@ -6,9 +6,12 @@ namespace ThinFast.Engine;
 /// Counts a volume's requests in flight so a snapshot or delete can pause new ones and wait for
 /// the rest to finish (dm-thin asks userspace to suspend the origin before create_snap; we do it
 /// ourselves). Entering an open gate is one lock and an increment.
-/// Requests queued for data space are <em>parked</em>: they have written nothing yet for the block
-/// they wait on and may wait for minutes, so a snapshot does not wait for them (it holds what was
-/// completed before it, and a parked write completes after it), and a delete fails them.
+/// Requests queued for data space, or waiting for a block lock, are <em>parked</em>: they have
+/// looked nothing up and written nothing for the block they wait on, and may wait for minutes
+/// (a lock holder may itself be queued for space), so a snapshot does not wait for them (it holds
+/// what was completed before it, and a parked write completes after it), and a delete fails them.
+/// A parked request that may go on while the gate is closed waits for it to open again
+/// (<see cref="ResumeAsync"/>), so it never looks up a mapping the snapshot is changing.
 /// </summary>
 internal sealed class IoGate
 {
@@ -18,6 +21,7 @@ internal sealed class IoGate
     private bool _closed;
     private string? _retiredReason;
     private PooledSignal? _waitingToEnter;
+    private PooledSignal? _waitingToResume;
 
     /// <summary>Why the gate is closed for good, or null.</summary>
     public string? RetiredReason => Volatile.Read(ref _retiredReason);
@@ -49,7 +53,7 @@ internal sealed class IoGate
         }
     }
 
-    /// <summary>The calling request starts waiting for data space.</summary>
+    /// <summary>The calling request starts waiting for data space or a block lock.</summary>
     public void Park()
     {
         lock (_lock)
@@ -59,10 +63,27 @@ internal sealed class IoGate
         }
     }
 
-    public void Unpark()
+    /// <summary>The parked request may go on: at once when the gate is open, else when it opens
+    /// (it stays parked meanwhile). Fails when the gate is retired, now or while waiting.</summary>
+    public ValueTask ResumeAsync()
     {
         lock (_lock)
-            _parked--;
+        {
+            if (_retiredReason is not null)
+            {
+                _parked--;
+                return ValueTask.FromException(new BlockDeviceException(BlockError.Unavailable, _retiredReason));
+            }
+            if (!_closed)
+            {
+                _parked--;
+                return ValueTask.CompletedTask;
+            }
+            var waiter = PooledSignal.Rent();
+            waiter.Next = _waitingToResume;
+            _waitingToResume = waiter;
+            return waiter.Task;
+        }
     }
 
     /// <summary>Stops new requests and blocks until those in flight, other than parked ones,
@@ -87,22 +108,21 @@ internal sealed class IoGate
     /// see <see cref="WaitUntilEmpty"/>.</summary>
     public void Retire(string reason)
     {
-        PooledSignal? waiters;
+        PooledSignal? waiters, resumers;
         lock (_lock)
         {
             _retiredReason = reason;
             _closed = true;
             waiters = _waitingToEnter;
             _waitingToEnter = null;
+            resumers = _waitingToResume;
+            _waitingToResume = null;
+            for (var w = resumers; w is not null; w = w.Next)
+                _parked--;
         }
         var error = new BlockDeviceException(BlockError.Unavailable, reason);
-        while (waiters is not null)
-        {
-            var next = waiters.Next;
-            waiters.Next = null;
-            waiters.Fail(error);
-            waiters = next;
-        }
+        FailAll(waiters, error);
+        FailAll(resumers, error);
     }
 
     /// <summary>Waits for every request inside, parked ones included (fail those first).
@@ -146,12 +166,33 @@ internal sealed class IoGate
         _waitingToEnter = null;
         for (var w = waiters; w is not null; w = w.Next)
             _inFlight++;
+        var resumers = _waitingToResume;
+        _waitingToResume = null;
+        for (var w = resumers; w is not null; w = w.Next)
+            _parked--;
         // Completing runs continuations on the thread pool (PooledSignal), never inside this lock.
+        CompleteAll(waiters);
+        CompleteAll(resumers);
+    }
+
+    private static void CompleteAll(PooledSignal? waiters)
+    {
         while (waiters is not null)
         {
             var next = waiters.Next;
             waiters.Next = null;
             waiters.Complete();
+            waiters = next;
+        }
+    }
+
+    private static void FailAll(PooledSignal? waiters, Exception error)
+    {
+        while (waiters is not null)
+        {
+            var next = waiters.Next;
+            waiters.Next = null;
+            waiters.Fail(error);
             waiters = next;
         }
     }

@@ -59,7 +59,7 @@ public sealed partial class ThinPool
             }
             finally
             {
-                gate.Unpark();
+                await gate.ResumeAsync();
             }
         }
     }

@@ -110,7 +110,7 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            await _pool.BlockLocks.AcquireAsync(stripe, exclusive: false);
+            await AcquireBlockLockAsync(stripe, exclusive: false);
             try
             {
                 if (_pool.TryLookup(DeviceId, block, out var mapping))
@@ -271,7 +271,7 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            await _pool.BlockLocks.AcquireAsync(stripe, exclusive: true);
+            await AcquireBlockLockAsync(stripe, exclusive: true);
             try
             {
                 if (_pool.TryLookup(DeviceId, block, out var mapping) && !mapping.Shared)
@@ -714,10 +714,50 @@ public sealed partial class ThinVolume : IBlockVolume
     private async ValueTask LockAsync(ulong first, int blocks, bool exclusive)
     {
         var (start, head, wrap) = BlockLockTable.StripeRuns(DeviceId, first, blocks);
-        for (int i = 0; i < wrap; i++)
-            await _pool.BlockLocks.AcquireAsync(i, exclusive);
-        for (int i = 0; i < head; i++)
-            await _pool.BlockLocks.AcquireAsync(start + i, exclusive);
+        int held = 0;
+        try
+        {
+            for (; held < wrap + head; held++)
+                await AcquireBlockLockAsync(held < wrap ? held : start + held - wrap, exclusive);
+        }
+        catch
+        {
+            // The volume was deleted while this request waited: give back what it holds.
+            for (int i = 0; i < held; i++)
+                _pool.BlockLocks.Release(i < wrap ? i : start + i - wrap, exclusive);
+            throw;
+        }
+    }
+
+    /// <summary>Takes one block-lock stripe. A request that has to wait is parked meanwhile (the
+    /// holder may be queued for space for minutes, and this request has looked nothing up yet),
+    /// so snapshots and deletes do not wait for it; once it holds the lock it goes on only through
+    /// an open gate. Fails, holding nothing, when the volume was deleted meanwhile.</summary>
+    private ValueTask AcquireBlockLockAsync(int stripe, bool exclusive)
+    {
+        var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive);
+        if (acquire.IsCompletedSuccessfully)
+        {
+            acquire.GetAwaiter().GetResult();
+            return ValueTask.CompletedTask;
+        }
+        return AcquireParkedAsync(acquire, stripe, exclusive);
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask AcquireParkedAsync(ValueTask acquire, int stripe, bool exclusive)
+    {
+        Gate.Park();
+        await acquire;
+        try
+        {
+            await Gate.ResumeAsync();
+        }
+        catch
+        {
+            _pool.BlockLocks.Release(stripe, exclusive);
+            throw;
+        }
     }
 
     private void Unlock(ulong first, int blocks, bool exclusive)

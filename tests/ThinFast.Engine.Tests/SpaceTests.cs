@@ -152,6 +152,35 @@ public class SpaceTests
     }
 
     [Fact]
+    public async Task ASnapshotDoesNotWaitForAWriteStuckBehindAWriteQueuedForSpace()
+    {
+        // The second write waits for the block lock the queued one holds: it has looked nothing
+        // up yet, so the snapshot need not wait for it either (before, it waited the whole drain
+        // timeout and then refused as busy, with a grow that would free the queue stuck behind it).
+        using var h = new PoolHarness(4L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.Zero, AdminDrainTimeout = TimeSpan.FromSeconds(60) });
+        var v = h.Pool.CreateVolume("a", 16L * B);
+        await FillAsync(v, 4);
+        var queued = v.WriteAsync(6L * B, PoolHarness.Pattern(B, 60)).AsTask();
+        await WaitForModeAsync(h.Pool, PoolMode.OutOfDataSpace);
+        long waitsBefore = h.Pool.BlockLockWaits;
+        var behind = v.WriteAsync(6L * B, PoolHarness.Pattern(4096, 61)).AsTask();
+        Assert.True(SpinWait.SpinUntil(() => h.Pool.BlockLockWaits > waitsBefore, TimeSpan.FromSeconds(10)), "the second write never waited for the block lock");
+
+        await Task.Run(() => h.Pool.CreateSnapshot("a", "a-snap"), TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        await Task.Run(() => h.Pool.GrowData(16L * B), TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        await Task.WhenAll(queued, behind).WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+
+        var back = new byte[B];
+        await h.Pool.GetVolume("a-snap").ReadAsync(6L * B, back);
+        Assert.All(back, x => Assert.Equal(0, x));
+        var expected = PoolHarness.Pattern(B, 60);
+        PoolHarness.Pattern(4096, 61).CopyTo(expected, 0);
+        await v.ReadAsync(6L * B, back);
+        Assert.Equal(expected, back);
+        h.AssertMetadataClean();
+    }
+
+    [Fact]
     public async Task DeletingAVolumeFailsItsWritesQueuedForSpaceAtOnce()
     {
         using var h = new PoolHarness(4L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.Zero });
