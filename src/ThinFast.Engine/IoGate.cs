@@ -94,7 +94,17 @@ internal sealed class IoGate
         lock (_lock)
         {
             _closed = true;
-            if (!WaitLocked(countParked: false, timeout))
+            bool drained;
+            try
+            {
+                drained = WaitLocked(countParked: false, timeout);
+            }
+            catch
+            {
+                OpenLocked();   // refused on the reactor thread: the volume must keep serving
+                throw;
+            }
+            if (!drained)
             {
                 int active = _inFlight - _parked;
                 OpenLocked();

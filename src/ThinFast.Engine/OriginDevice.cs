@@ -10,8 +10,8 @@ namespace ThinFast.Engine;
 /// a block into the pool once per volume, usually a block nobody read before, and a buffered
 /// io_uring read that misses the cache measured twice the time and three times the CPU of a
 /// direct one (docs/architecture.md).
-/// A file's length need not be a multiple of the sector, but O_DIRECT reads are: the devices
-/// report the length rounded down, and the bytes past that (the tail, less than a sector) are
+/// A file's length need not be a multiple of the direct-I/O alignment, but O_DIRECT transfers
+/// are: the devices report the length rounded down to it, and the bytes past that (the tail) are
 /// read once at open, buffered, and served from memory.
 /// </summary>
 internal sealed class OriginDevice : IBlockDevice
@@ -22,26 +22,40 @@ internal sealed class OriginDevice : IBlockDevice
 
     /// <param name="reads">The handle guest reads use (buffered or direct).</param>
     /// <param name="copies">The O_DIRECT handle for provisioning copies; may be <paramref name="reads"/>.</param>
-    /// <param name="byteLength">The file's length in bytes.</param>
-    public OriginDevice(IBlockDevice reads, IBlockDevice copies, long byteLength)
+    /// <param name="tail">The file's bytes past <paramref name="copies"/>' length.</param>
+    public OriginDevice(IBlockDevice reads, IBlockDevice copies, byte[] tail)
     {
         _reads = reads;
         _copies = copies;
-        ByteLength = byteLength;
-        _tail = new byte[byteLength - copies.Length];
-        if (_tail.Length > 0)
-        {
-            using var file = File.OpenHandle(copies.Name, FileMode.Open, FileAccess.Read);
-            if (RandomAccess.Read(file, _tail, copies.Length) != _tail.Length)
-                throw new IOException($"{copies.Name}: could not read its last {_tail.Length} bytes");
-        }
+        _tail = tail;
+    }
+
+    /// <summary>The bytes of <paramref name="path"/> past the first <paramref name="directLength"/>
+    /// (what O_DIRECT reaches), read through a buffered handle on the file itself (a symlink is
+    /// followed). Empty for block devices and for files whose length is aligned.</summary>
+    public static byte[] ReadTail(string path, long directLength)
+    {
+        using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        long length = RandomAccess.GetLength(file);
+        // A block device reports 0 here and has no tail; a file's tail is shorter than the
+        // alignment its direct length was rounded down to, which is at most a page or so.
+        long tailLength = length - directLength;
+        if (tailLength <= 0 || tailLength >= 1 << 20)
+            return [];
+        var tail = new byte[tailLength];
+        if (RandomAccess.Read(file, tail, directLength) != tail.Length)
+            throw new IOException($"{path}: could not read its last {tail.Length} bytes");
+        return tail;
     }
 
     /// <summary>The O_DIRECT handle, for provisioning copies.</summary>
     public IBlockDevice ForCopies => _copies;
 
     /// <summary>The origin's length in bytes, the tail included.</summary>
-    public long ByteLength { get; }
+    public long ByteLength => _copies.Length + _tail.Length;
+
+    /// <summary>The byte length of any origin device: files carry their tail.</summary>
+    public static long ByteLengthOf(IBlockDevice origin) => origin is OriginDevice file ? file.ByteLength : origin.Length;
 
     /// <summary>Copies the part of [offset, offset + destination.Length) that lies in the tail
     /// and returns how much of the front remains for the devices to read.</summary>

@@ -87,8 +87,7 @@ public sealed partial class ThinPool
         try
         {
             cached = pageCache ? OpenOriginHandle(path, io, pageCache: true) : direct;
-            long byteLength = path.StartsWith("/dev/", StringComparison.Ordinal) ? direct.Length : new FileInfo(path).Length;
-            return new OriginDevice(cached, direct, byteLength);
+            return new OriginDevice(cached, direct, OriginDevice.ReadTail(path, direct.Length));
         }
         catch
         {

@@ -168,7 +168,7 @@ public sealed partial class ThinPool : IDisposable
                 SaveManifest(_manifest with { PendingDeviceIds = [.. _manifest.PendingDeviceIds, id], HighestDeviceId = id });
                 MutateMetadata(m => m.CreateThin(id));
                 CommitCore();
-                var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = OriginByteLength(origin) };
+                var record = new VolumeRecord { Name = name, DeviceId = id, Size = size, OriginPath = originPath is null ? null : Path.GetFullPath(originPath), OriginSize = origin is null ? null : OriginDevice.ByteLengthOf(origin) };
                 SaveManifest(_manifest with { Volumes = [.. _manifest.Volumes, record], PendingDeviceIds = _manifest.PendingDeviceIds.Where(p => p != id).ToList() });
                 var volume = new ThinVolume(this, record, origin);
                 _volumes[name] = volume;
@@ -240,6 +240,15 @@ public sealed partial class ThinPool : IDisposable
             // does not finish in time refuses the delete as busy and changes nothing. Requests
             // queued for space have written nothing and are failed instead of waited for.
             volume.Gate.CloseAndDrain(Options.AdminDrainTimeout, $"delete volume '{name}'");
+            try
+            {
+                ThrowIfNotWritable("delete a volume");   // the pool may have failed during the drain
+            }
+            catch
+            {
+                volume.Gate.Open();
+                throw;
+            }
             string reason = $"volume '{name}' was deleted";
             volume.Retire(reason);
             FailSpaceWaiters(new BlockDeviceException(BlockError.Unavailable, reason), volume.Gate);
@@ -263,7 +272,9 @@ public sealed partial class ThinPool : IDisposable
                 // Nothing reached the metadata (the transaction was aborted): put the volume
                 // back as it was, so a failed delete changes nothing.
                 SaveManifest(before);
-                _volumes[name] = Activate(volume.Record);
+                var restored = Activate(volume.Record);
+                restored.InheritDurability(volume);
+                _volumes[name] = restored;
                 PublishVolumes();
                 volume.DisposeOrigin();
                 throw;
@@ -332,8 +343,6 @@ public sealed partial class ThinPool : IDisposable
         return new ThinVolume(this, record, origin, unavailable);
     }
 
-    private static long? OriginByteLength(IBlockDevice? origin) => origin is OriginDevice file ? file.ByteLength : origin?.Length;
-
     private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)
     {
         IBlockDevice origin;
@@ -354,10 +363,8 @@ public sealed partial class ThinPool : IDisposable
             origin.Dispose();
             throw new PoolException($"origin {path} was not opened read-only");
         }
-        // Manifests written before tails were read recorded the length rounded down to the
-        // sector; that still names the same file.
-        long length = OriginByteLength(origin)!.Value;
-        if (expectedSize is { } size && length != size && origin.Length != size)
+        long length = OriginDevice.ByteLengthOf(origin);
+        if (expectedSize is { } size && length != size)
         {
             origin.Dispose();
             throw new PoolException($"origin {path} of volume '{volumeName}' changed size from {size} to {length} bytes; refusing to serve stale data");
@@ -442,7 +449,16 @@ public sealed partial class ThinPool : IDisposable
         _metadataLock.EnterWriteLock();
         try
         {
+            // Outside the abort handler below: a refused change is no metadata failure.
             ThrowIfMetadataFrozenLocked();
+        }
+        catch
+        {
+            _metadataLock.ExitWriteLock();
+            throw;
+        }
+        try
+        {
             mutation(_metadata, state);
             _dirty = true;
             _mappingChanges++;
@@ -490,13 +506,21 @@ public sealed partial class ThinPool : IDisposable
         try
         {
             ThrowIfMetadataFrozenLocked();
-            _changedInTransaction.Add(deviceId);
+        }
+        catch
+        {
+            _metadataLock.ExitWriteLock();
+            throw;
+        }
+        try
+        {
             ulong cursor = first;
             while (cursor < end)
             {
                 int n = _metadata.LookupRange(deviceId, cursor, end, runs);
                 if (n == 0)
                     break;
+                _changedInTransaction.Add(deviceId);
                 foreach (var run in runs[..n])
                 {
                     for (ulong i = 0; i < run.Length; i++)
@@ -626,10 +650,10 @@ public sealed partial class ThinPool : IDisposable
         // Writes queued for space fail first: the drain below would otherwise wait for them.
         _closing = true;
         var closed = new BlockDeviceException(BlockError.Unavailable, "pool is closing");
-        foreach (var v in _volumes.Values)
+        foreach (var v in _volumeList)
             v.Retire("the pool is closed");
         FailSpaceWaiters(closed);
-        foreach (var v in _volumes.Values)
+        foreach (var v in _volumeList)
         {
             if (!v.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))
                 Log($"closing: requests on '{v.Name}' still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s");
@@ -647,7 +671,7 @@ public sealed partial class ThinPool : IDisposable
             }
         }
         StopPassdownThread();
-        foreach (var v in _volumes.Values)
+        foreach (var v in _volumeList)
             v.DisposeOrigin();
         _metadata.Dispose();
         _devices.Metadata.Dispose();

@@ -34,7 +34,7 @@ public sealed partial class ThinVolume : IBlockVolume
         Record = record;
         _origin = origin;
         _originForCopies = origin is OriginDevice two ? two.ForCopies : origin;
-        _originSize = origin is OriginDevice file ? file.ByteLength : origin?.Length ?? 0;
+        _originSize = origin is null ? 0 : OriginDevice.ByteLengthOf(origin);
         _unavailable = unavailable;
         _blockSize = pool.BlockSize;
     }
@@ -70,6 +70,14 @@ public sealed partial class ThinVolume : IBlockVolume
     }
 
     // Called when a write completes, before it is acknowledged.
+    /// <summary>Takes over what <paramref name="predecessor"/> (the same volume, put back after a
+    /// failed delete) knew about its durability: writes it may have lost stay lost.</summary>
+    internal void InheritDurability(ThinVolume predecessor)
+    {
+        Volatile.Write(ref _lastChange, Volatile.Read(ref predecessor._lastChange));
+        _lostWrites = predecessor._lostWrites;
+    }
+
     private void MarkChanged() => Volatile.Write(ref _lastChange, _pool.FlushGeneration);
 
     internal bool MarkLostIfChangedSince(long durableBefore, string why)
@@ -336,7 +344,9 @@ public sealed partial class ThinVolume : IBlockVolume
 
     /// <summary>Writes inside one locked block.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteBlockAsync(ulong block, int inBlock, ReadOnlyMemory<byte> data)
+    /// <param name="mayWaitForSpace">False for FAST_ZERO: a full pool answers "not supported"
+    /// at once instead of queueing the request.</param>
+    private async ValueTask WriteBlockAsync(ulong block, int inBlock, ReadOnlyMemory<byte> data, bool mayWaitForSpace = true)
     {
         bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
         if (mapped && !mapping.Shared)
@@ -354,7 +364,7 @@ public sealed partial class ThinVolume : IBlockVolume
         // of state-machine boxes per write).
         if (_pool.CommitRunning && ThinFast.IO.Uring.IoUringReactor.IsReactorThread)
             await Task.Yield();
-        ulong newBlock = await _pool.AllocateDataBlockAsync(Gate);
+        ulong newBlock = await _pool.AllocateDataBlockAsync(Gate, mayWaitForSpace);
         try
         {
             await BuildBlockAsync(block, newBlock, mapped ? mapping.DataBlock : ulong.MaxValue, inBlock, data);
@@ -542,7 +552,7 @@ public sealed partial class ThinVolume : IBlockVolume
                     if (piece == _blockSize)
                         await ZeroWholeBlockAsync(block, zero);
                     else if (!PartAlreadyReadsZeros(block, zero))
-                        await ZeroPartAsync(block, inBlock, (int)piece);
+                        await ZeroPartAsync(block, inBlock, (int)piece, zero);
                 }
                 finally
                 {
@@ -592,21 +602,21 @@ public sealed partial class ThinVolume : IBlockVolume
     }
 
     /// <summary>Part of an unmapped block that reads zeros (no origin below it) needs nothing
-    /// when holes are allowed; with FAST_ZERO it needs nothing either way, because providing a
-    /// block would mean waiting for space, which FAST_ZERO forbids. Under the block's lock.</summary>
+    /// when holes are allowed. Without MAY_TRIM (NBD's NO_HOLE) the range must end up allocated,
+    /// FAST_ZERO or not. Under the block's lock.</summary>
     private bool PartAlreadyReadsZeros(ulong block, ZeroFlags zero) =>
-        (zero & (ZeroFlags.MayDeallocate | ZeroFlags.FastOnly)) != 0
+        (zero & ZeroFlags.MayDeallocate) != 0
         && (_origin is null || (long)block * _blockSize >= _originSize)
         && !_pool.TryLookup(DeviceId, block, out _);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ZeroPartAsync(ulong block, int inBlock, int length)
+    private async ValueTask ZeroPartAsync(ulong block, int inBlock, int length, ZeroFlags zero)
     {
         int chunk = _pool.ChunkSize;
         for (int done = 0; done < length;)
         {
             int piece = Math.Min(chunk, length - done);
-            await WriteBlockAsync(block, inBlock + done, _pool.ZeroBuffer.Memory[..piece]);
+            await WriteBlockAsync(block, inBlock + done, _pool.ZeroBuffer.Memory[..piece], mayWaitForSpace: (zero & ZeroFlags.FastOnly) == 0);
             done += piece;
         }
     }
@@ -652,7 +662,9 @@ public sealed partial class ThinVolume : IBlockVolume
     /// <summary>Unmapped: origin data where the origin covers it, a hole that reads zeros past it.</summary>
     private void AddUnmapped(ref int count, Span<VolumeExtent> extents, long start, long end)
     {
-        long originEnd = _origin is null ? 0 : Math.Min(end, _originSize);
+        // The sector holding the origin's last byte is data as a whole: extents stay on
+        // 512-byte boundaries, as NBD block status expects.
+        long originEnd = _origin is null ? 0 : Math.Min(end, (_originSize + 511) & ~511L);
         if (originEnd > start)
         {
             Add(ref count, extents, start, originEnd, ExtentFlags.Data);
