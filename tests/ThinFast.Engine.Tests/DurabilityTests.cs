@@ -212,4 +212,84 @@ public class DurabilityTests
         await p.Pool.GetVolume("u").ReadAsync(0, back);
         Assert.Equal(kept, back);
     }
+
+    [Fact]
+    public async Task AMappingChangeRefusedOnAReadOnlyPoolAbortsNothingAndMarksNoOtherVolumeLost()
+    {
+        using var p = new FaultyPool(new PoolOptions { CommitInterval = TimeSpan.FromHours(1) });
+        var a = p.Pool.CreateVolume("a", 16L * B);
+        var u = p.Pool.CreateVolume("u", 16L * B);
+        await u.WriteAsync(0, PoolHarness.Pattern(B, 1));
+        await u.FlushAsync();
+        await a.WriteAsync(4L * B, PoolHarness.Pattern(B, 2));
+        p.Data.ErrorTargets = FaultTargets.Flush;
+        p.Data.Enabled = true;
+        await AssertEioAsync(() => a.FlushAsync(), "the failing data flush");
+        p.Data.Enabled = false;
+        Assert.Equal(PoolMode.ReadOnly, p.Pool.Mode);
+        Assert.Null(u.LostWritesReason);
+
+        // Read-only mode allows in-place writes to mapped unshared blocks and data-only FLUSHes.
+        var again = PoolHarness.Pattern(4096, 3);
+        await u.WriteAsync(0, again);
+        int needsCheckCommits;
+        lock (p.Harness.Events)
+            needsCheckCommits = p.Harness.Events.Count(e => e.Contains("needs_check set in the metadata"));
+
+        // Another volume's write-zeroes that would unmap is refused (correct) ...
+        await AssertEioAsync(() => a.WriteZeroesAsync(8L * B, B, ZeroFlags.MayDeallocate), "write-zeroes that unmaps on a read-only pool");
+
+        int needsCheckCommitsAfter;
+        lock (p.Harness.Events)
+            needsCheckCommitsAfter = p.Harness.Events.Count(e => e.Contains("needs_check set in the metadata"));
+        string log;
+        lock (p.Harness.Events)
+            log = string.Join(" | ", p.Harness.Events);
+        // ... but it must not abort anything, rewrite the metadata, or take u down with it.
+        Assert.True(u.LostWritesReason is null, $"u was marked lost: {u.LostWritesReason}; log: {log}");
+        Assert.True(needsCheckCommits == needsCheckCommitsAfter, $"the refused unmap committed needs_check again ({needsCheckCommits} -> {needsCheckCommitsAfter}); log: {log}");
+        await u.FlushAsync();
+    }
+
+    [Fact]
+    public async Task ADeleteThatFailsWhileTheVolumeLostWritesLeavesItsFlushFailing()
+    {
+        using var p = new FaultyPool(new PoolOptions { CommitInterval = TimeSpan.FromHours(1), AdminDrainTimeout = TimeSpan.FromSeconds(20) });
+        var v = p.Pool.CreateVolume("v", 16L * B);
+        var other = p.Pool.CreateVolume("other", 16L * B);
+        await v.WriteAsync(B, PoolHarness.Pattern(B, 1));          // v's block 1 is data block 0
+        await v.FlushAsync();
+        var lost = PoolHarness.Pattern(B, 2);
+        await v.WriteAsync(3L * B, lost);                          // provisions; acknowledged, not yet durable
+        await other.WriteAsync(0, PoolHarness.Pattern(B, 3));
+
+        // An in-place write of v's is held on the device, so the delete waits for it.
+        p.DataHold.Arm(0, B);
+        var held = Task.Run(async () => await v.WriteAsync(B, new byte[4096]), TestContext.Current.CancellationToken);
+        Assert.True(p.DataHold.Held.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+        var delete = Task.Run(() => p.Pool.DeleteVolume("v"), TestContext.Current.CancellationToken);
+        await Task.Delay(200, TestContext.Current.CancellationToken);
+
+        // Meanwhile a data flush fails: v's unflushed provisioning write is lost (its mapping goes
+        // with the aborted transaction) and v is marked so.
+        p.Data.ErrorTargets = FaultTargets.Flush;
+        p.Data.Enabled = true;
+        await AssertEioAsync(() => other.FlushAsync(), "the failing flush");
+        p.Data.Enabled = false;
+        Assert.NotNull(v.LostWritesReason);
+
+        p.DataHold.Release();
+        await held.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        // The delete refuses (the pool went read-only while it drained) or, had the pool failed
+        // a moment later, its metadata change was refused and the volume put back.
+        await Assert.ThrowsAnyAsync<Exception>(() => delete.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+
+        var back = p.Pool.GetVolume("v");
+        var bytes = new byte[B];
+        await back.ReadAsync(3L * B, bytes);
+        bool gone = !bytes.AsSpan().SequenceEqual(lost);
+        var flushError = await Record.ExceptionAsync(() => back.FlushAsync().AsTask());
+        Assert.True(flushError is not null,
+            $"the volume put back by the failed delete has LostWritesReason={back.LostWritesReason ?? "null"} and its FLUSH succeeded, though the acknowledged write at block 3 is {(gone ? "gone" : "still there")}");
+    }
 }

@@ -344,20 +344,25 @@ public class EngineSemanticsTests
     }
 
     [Fact]
-    public async Task FastZeroOfPartOfAnUnmappedBlockOnAFullPoolAnswersAtOnceAndTakesNoBlock()
+    public async Task FastZeroOfPartOfAnUnmappedBlockOnAFullPoolAnswersAtOnce()
     {
         using var h = new PoolHarness(2L * B, new PoolOptions { NoSpaceTimeout = TimeSpan.FromSeconds(30) });
         var v = h.Pool.CreateVolume("v", 8L * B);
         await v.WriteAsync(0, PoolHarness.Pattern(2 * B, 1));   // the pool is full
         await h.Pool.FlushAsync();
-        // The range already reads zeros: nothing to do, and nothing to wait for.
-        await v.WriteZeroesAsync(4L * B, 4096, ZeroFlags.FastOnly).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
-        await v.WriteZeroesAsync(4L * B + 4096, 4096, ZeroFlags.MayDeallocate).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        // Holes allowed: the range already reads zeros, nothing to do and nothing to wait for.
+        await v.WriteZeroesAsync(4L * B + 4096, 4096, ZeroFlags.MayDeallocate | ZeroFlags.FastOnly).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        await v.WriteZeroesAsync(4L * B + 8192, 4096, ZeroFlags.MayDeallocate).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken);
+        // NO_HOLE with FAST_ZERO: the range must end up allocated, which would mean waiting for
+        // space, so the answer is "not supported fast", at once, not ENOSPC after the timeout.
+        var refused = await Assert.ThrowsAsync<BlockDeviceException>(() => v.WriteZeroesAsync(4L * B, 4096, ZeroFlags.FastOnly).AsTask().WaitAsync(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken));
+        Assert.Equal(BlockError.NotSupported, refused.Error);
         Assert.Equal(2UL, h.Pool.GetStatus().UsedDataBlocks);
         var back = new byte[B];
         await v.ReadAsync(4L * B, back);
         Assert.Equal(new byte[B], back);
     }
+
     /// <summary>Fails any transfer whose buffer is a managed array: the GC may move one between
     /// the alignment check and the moment the device pins it.</summary>
     private sealed class ArrayRefusingDevice(IBlockDevice inner) : IBlockDevice
@@ -443,5 +448,17 @@ public class EngineSemanticsTests
             Assert.Equal(expected, Read(v, (long)i * B, B));
         }
         Assert.Equal(12, h.Pool.BounceBuffers.Waits);
+    }
+
+    [Fact]
+    public async Task NoHoleFastZeroOfPartOfAnUnmappedBlockAllocatesIt()
+    {
+        using var h = new PoolHarness(16L * B);
+        var v = h.Pool.CreateVolume("v", 8L * B);
+        ulong before = v.MappedBlocks;
+        await v.WriteZeroesAsync(4096, 4096, ZeroFlags.FastOnly);      // NO_HOLE | FAST_ZERO, part of block 0
+        await v.WriteZeroesAsync(2L * B, B, ZeroFlags.FastOnly);        // NO_HOLE | FAST_ZERO, all of block 2
+        ulong after = v.MappedBlocks;
+        Assert.True(after == before + 2, $"mapped blocks {before} -> {after}: the whole block was allocated, the partial one was left a hole despite NO_HOLE");
     }
 }

@@ -6,6 +6,8 @@ namespace ThinFast.Engine.Tests;
 /// <summary>Pools on real files with O_DIRECT, through the IO layer's backends.</summary>
 public class PoolFilesTests
 {
+    private const int B = PoolOptions.DefaultBlockSize;
+
     [Theory]
     [InlineData(BlockDeviceBackend.IoUring)]
     [InlineData(BlockDeviceBackend.Portable)]
@@ -93,7 +95,7 @@ public class PoolFilesTests
         try
         {
             string basePath = Path.Combine(dir, "base.img");
-            int baseLength = 3 * PoolOptions.DefaultBlockSize + 1000;   // ends 1000 bytes into block 3, mid-sector
+            int baseLength = 3 * B + 1000;   // ends 1000 bytes into block 3, mid-sector
             var baseBytes = PoolHarness.Pattern(baseLength, 21);
             File.WriteAllBytes(basePath, baseBytes);
             using var pool = ThinPool.CreateFiles(PoolFiles.InFolder(dir), 8 << 20, 64 << 20, new PoolOptions { OriginPageCache = originPageCache }, new BlockDeviceOptions { Backend = backend });
@@ -113,6 +115,135 @@ public class PoolFilesTests
             await v.ReadAsync(0, back);
             Assert.True(back.AsSpan().SequenceEqual(expected), $"after the copy: first difference at byte {back.AsSpan().CommonPrefixLength(expected)} (origin ends at {baseLength})");
             Assert.Equal(baseBytes, File.ReadAllBytes(basePath));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task AnOriginFileThatGrewByLessThanTheAlignmentIsRefusedAtReopen()
+    {
+        var dir = Directory.CreateTempSubdirectory("thinfast-grow-").FullName;
+        try
+        {
+            var files = PoolFiles.InFolder(dir);
+            var io = new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable };
+            string basePath = Path.Combine(dir, "base.img");
+            int baseLength = 3 * B;   // a multiple of every DIO alignment: no tail
+            File.WriteAllBytes(basePath, PoolHarness.Pattern(baseLength, 21));
+            var before = new byte[4096];
+            using (var pool = ThinPool.CreateFiles(files, 8 << 20, 64 << 20, new PoolOptions(), io))
+            {
+                var v = pool.CreateVolume("vm", 8L * B, basePath);
+                Assert.Equal(baseLength, pool.VolumeRecords.Single().OriginSize);
+                await v.ReadAsync(baseLength, before);
+                Assert.False(before.AsSpan().ContainsAnyExcept((byte)0));
+            }
+
+            using (var f = new FileStream(basePath, FileMode.Append))
+                f.Write(PoolHarness.Pattern(100, 22));
+
+            using (var pool = ThinPool.OpenFiles(files, new PoolOptions(), io))
+            {
+                var v = pool.GetVolume("vm");
+                var after = new byte[4096];
+                if (v.UnavailableReason is null)
+                    await v.ReadAsync(baseLength, after);
+                Assert.True(v.UnavailableReason is not null,
+                    $"the origin grew from {baseLength} to {baseLength + 100} bytes and the volume still serves; bytes past the old end now read {(after.AsSpan().ContainsAnyExcept((byte)0) ? "the appended data" : "zeros")}");
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task AnOriginReachedThroughASymlinkServesItsTargetAndThePoolReopens()
+    {
+        // The length must come from the file opened, not from the path: lstat of a symlink gives
+        // the link's own length (before, 44 bytes: an OverflowException out of CreateVolume).
+        var dir = Directory.CreateTempSubdirectory("thinfast-link-").FullName;
+        try
+        {
+            var files = PoolFiles.InFolder(dir);
+            var io = new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable };
+            string target = Path.Combine(dir, "base-v1.img");
+            string link = Path.Combine(dir, "base.img");
+            var bytes = PoolHarness.Pattern(3 * B + 700, 31);
+            File.WriteAllBytes(target, bytes);
+            File.CreateSymbolicLink(link, target);
+            var expected = new byte[8 * B];
+            bytes.CopyTo(expected, 0);
+            var back = new byte[8 * B];
+            using (var pool = ThinPool.CreateFiles(files, 8 << 20, 64 << 20, new PoolOptions(), io))
+            {
+                var v = pool.CreateVolume("linked", 8L * B, link);
+                Assert.Equal(bytes.Length, pool.VolumeRecords.Single().OriginSize);
+                await v.ReadAsync(0, back);
+                Assert.Equal(expected, back);
+            }
+            using (var pool = ThinPool.OpenFiles(files, new PoolOptions(), io))
+            {
+                var v = pool.GetVolume("linked");
+                Assert.Null(v.UnavailableReason);
+                await v.ReadAsync(0, back);
+                Assert.Equal(expected, back);
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void APoolWhoseOriginBecameASymlinkStillOpens()
+    {
+        var dir = Directory.CreateTempSubdirectory("thinfast-link2-").FullName;
+        try
+        {
+            var files = PoolFiles.InFolder(dir);
+            var io = new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable };
+            string path = Path.Combine(dir, "base.img");
+            string target = Path.Combine(dir, "base-v1.img");
+            File.WriteAllBytes(path, PoolHarness.Pattern(3 * B, 31));
+            using (var pool = ThinPool.CreateFiles(files, 8 << 20, 64 << 20, new PoolOptions(), io))
+            {
+                pool.CreateVolume("vm", 8L * B, path);
+                pool.CreateVolume("other", 8L * B);
+            }
+            // The same bytes, now reached through a symlink, as an image store that versions its
+            // files would leave them.
+            File.Move(path, target);
+            File.CreateSymbolicLink(path, target);
+            using var reopened = ThinPool.OpenFiles(files, new PoolOptions(), io);
+            Assert.Null(reopened.GetVolume("vm").UnavailableReason);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void ExtentsOverAnOriginWithATailStayOnSectorBoundaries()
+    {
+        var dir = Directory.CreateTempSubdirectory("thinfast-ext-").FullName;
+        try
+        {
+            string basePath = Path.Combine(dir, "base.img");
+            int baseLength = 3 * B + 1000;
+            File.WriteAllBytes(basePath, PoolHarness.Pattern(baseLength, 21));
+            using var pool = ThinPool.CreateFiles(PoolFiles.InFolder(dir), 8 << 20, 64 << 20, new PoolOptions(), new BlockDeviceOptions { Backend = BlockDeviceBackend.Portable });
+            var v = pool.CreateVolume("vm", 8L * B, basePath);
+            var extents = new VolumeExtent[8];
+            int n = v.GetExtents(0, v.Size, extents);
+            var bad = extents[..n].Where(e => e.Length % 512 != 0 || e.Offset % 512 != 0).ToList();
+            Assert.True(bad.Count == 0, "extents not on sector boundaries: " + string.Join(", ", bad.Select(e => $"[{e.Offset}, +{e.Length}) {e.Flags}")));
         }
         finally
         {

@@ -76,32 +76,31 @@ internal sealed class SectorHistory(int sectors, Func<int, long> initial)
     private static long _clock;
     private readonly List<Change>[] _bySector = Enumerable.Range(0, sectors).Select(_ => new List<Change>()).ToArray();
     private readonly List<(long Issued, long Completed)> _flushes = new();
+    private readonly object _lock = new();
 
     /// <summary>A tick of the clock every history shares: take one before issuing and one after
     /// completing.</summary>
     public static long Tick() => Interlocked.Increment(ref _clock);
 
-    public int Sectors => _bySector.Length;
-
     public long Initial(int sector) => initial(sector);
 
     public void Add(Change c)
     {
-        lock (this)
+        lock (_lock)
             for (int s = c.First; s < c.End; s++)
                 _bySector[s].Add(c);
     }
 
     public void Complete(Change c)
     {
-        lock (this)
+        lock (_lock)
             c.Completed = Tick();
     }
 
     /// <summary>Records a FLUSH of the volume that completed.</summary>
     public void Flushed(long issued)
     {
-        lock (this)
+        lock (_lock)
             _flushes.Add((issued, Tick()));
     }
 
@@ -118,14 +117,14 @@ internal sealed class SectorHistory(int sectors, Func<int, long> initial)
     /// began at <paramref name="from"/> and ended at <paramref name="to"/>.</summary>
     public bool MayRead(int sector, long value, long from, long to)
     {
-        lock (this)
+        lock (_lock)
             return MayHold(sector, value, w => w.Completed < from, to);
     }
 
     /// <summary>Whether <paramref name="sector"/> may hold <paramref name="value"/> after a crash.</summary>
     public bool MayHoldAfterCrash(int sector, long value)
     {
-        lock (this)
+        lock (_lock)
             return MayHold(sector, value, IsDurable, long.MaxValue);
     }
 

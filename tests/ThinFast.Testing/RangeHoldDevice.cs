@@ -3,7 +3,8 @@ using ThinFast.IO;
 namespace ThinFast.Testing;
 
 /// <summary>Holds the first write that touches an armed byte range until the test releases it (a
-/// slow device queue under one request), passing everything else straight through.</summary>
+/// slow device queue under one request), passing everything else straight through. One hold per
+/// device: arm it once, before the write it is for.</summary>
 public sealed class RangeHoldDevice(IBlockDevice inner) : IBlockDevice
 {
     private long _start = -1, _end = -1;
