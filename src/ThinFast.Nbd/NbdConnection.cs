@@ -57,10 +57,13 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    // Watched by the server's timer: a client that never finishes the handshake, or stops reading
-    // its replies, would otherwise hold a connection slot and payload buffers forever.
+    // Watched by the server's timer: a client that never finishes the handshake, stalls in the
+    // middle of a request or stops reading its replies would otherwise hold a connection slot,
+    // and in the latter cases payload buffers, forever. Each is a timestamp (0 = not running) so
+    // the hot path only stores a number.
     private long _handshakeDeadline;
     private long _sendStartedAt;
+    private long _receiveStartedAt;
 
     public NbdConnection(NbdServer server, Socket socket)
     {
@@ -68,24 +71,39 @@ internal sealed partial class NbdConnection
         _socket = socket;
         _options = server.Options;
         _transport = server.CreateTransport(socket);
+        Budget = new PayloadBudget(_options.ConnectionBufferBytes);
         _slotFreed = new AsyncSignal(inline: _transport.RunsOnReactor);
         _handshakeDeadline = Environment.TickCount64 + (long)_options.HandshakeTimeout.TotalMilliseconds;
     }
 
+    /// <summary>Called before each send call: the send timeout measures time without progress.</summary>
     internal void SendStarting() => Volatile.Write(ref _sendStartedAt, Environment.TickCount64);
 
     internal void SendFinished() => Volatile.Write(ref _sendStartedAt, 0);
 
-    /// <summary>Drops the connection if its handshake or a reply send has taken too long.</summary>
+    // A request's first bytes are here but not all of it: its receive deadline runs from now.
+    private void ReceiveStarting()
+    {
+        if (_receiveStartedAt == 0)
+            Volatile.Write(ref _receiveStartedAt, Environment.TickCount64);
+    }
+
+    private void ReceiveFinished() => Volatile.Write(ref _receiveStartedAt, 0);
+
+    /// <summary>Drops the connection if its handshake, receiving a request or sending a reply has
+    /// taken too long.</summary>
     internal void CheckTimeouts(long now)
     {
         long deadline = Volatile.Read(ref _handshakeDeadline);
         long sendStarted = Volatile.Read(ref _sendStartedAt);
+        long receiveStarted = Volatile.Read(ref _receiveStartedAt);
         string? reason = null;
         if (deadline != 0 && now > deadline)
             reason = $"handshake not finished within {_options.HandshakeTimeout}";
         else if (sendStarted != 0 && now - sendStarted > (long)_options.SendTimeout.TotalMilliseconds)
             reason = $"client has not read its replies for {_options.SendTimeout}";
+        else if (receiveStarted != 0 && now - receiveStarted > (long)_options.ReceiveTimeout.TotalMilliseconds)
+            reason = $"request (header or WRITE payload) not fully received within {_options.ReceiveTimeout}";
         if (reason is null)
             return;
         _server.Log($"nbd: dropping client: {reason}");
@@ -98,6 +116,9 @@ internal sealed partial class NbdConnection
     }
 
     internal NbdServer Server => _server;
+
+    /// <summary>The payload bytes this connection may hold.</summary>
+    internal PayloadBudget Budget { get; }
 
     internal NbdTransport Transport => _transport;
 
@@ -183,6 +204,8 @@ internal sealed partial class NbdConnection
         {
             while (_rxEnd - _rxStart < NbdProtocol.RequestHeaderSize)
             {
+                if (_rxEnd > _rxStart)
+                    ReceiveStarting();
                 CompactReceiveBuffer();
                 int got = await _transport.ReceiveAsync(_rx.AsMemory(_rxEnd)).ConfigureAwait(false);
                 if (got == 0)
@@ -203,6 +226,9 @@ internal sealed partial class NbdConnection
             ulong offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
             uint length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
             _rxStart += NbdProtocol.RequestHeaderSize;
+            // Waiting for a slot or for budget below is this server holding the client back, not
+            // the client stalling: the receive deadline only covers the client's bytes.
+            ReceiveFinished();
 
             if (command == NbdCommand.Disconnect)
                 return;
@@ -217,8 +243,12 @@ internal sealed partial class NbdConnection
             {
                 if (error == NbdError.None)
                 {
-                    if (!pool.TryRent((int)length, out var buffer))
-                        buffer = await pool.RentAsync((int)length).ConfigureAwait(false);
+                    // Over budget, only this connection's own requests can free it: wait for them
+                    // before the payload is read, so the client is held back through TCP.
+                    if (!Budget.TryTake(length))
+                        await Budget.TakeAsync(length).ConfigureAwait(false);
+                    ReceiveStarting();
+                    var buffer = pool.Rent((int)length);
                     slot.Payload = buffer;
                     var destination = buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)length);
                     int buffered = Math.Min(_rxEnd - _rxStart, destination.Length);
@@ -239,6 +269,7 @@ internal sealed partial class NbdConnection
                 }
                 else if (length <= _options.MaxDrainBytes)
                 {
+                    ReceiveStarting();
                     // Keep the stream in sync: read the refused payload and throw it away.
                     long remaining = length;
                     while (remaining > 0)
@@ -266,17 +297,14 @@ internal sealed partial class NbdConnection
                     return;
                 }
             }
+            ReceiveFinished();
             slot.Post();
         }
     }
 
     private void AbandonSlot(NbdRequest slot)
     {
-        if (slot.Payload is not null)
-        {
-            _server.Buffers.Return(slot.Payload);
-            slot.Payload = null;
-        }
+        slot.ReturnPayload();
         ReleaseSlot(slot);
     }
 

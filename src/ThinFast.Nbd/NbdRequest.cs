@@ -17,6 +17,9 @@ internal sealed class NbdRequest
     /// <summary>Reads at least this long are answered with one OFFSET_HOLE chunk when the volume
     /// reports the whole range as zeros; shorter ones are not worth the extra extent lookup.</summary>
     private const int HoleCheckMinimum = 64 * 1024;
+    /// <summary>Bytes handed to one send call: a 4 MiB READ reply with its header still goes out
+    /// in one call, while a 32 MiB one to a slow reader shows progress along the way.</summary>
+    private const int MaxSendPerCall = 4 * 1024 * 1024 + NbdProtocol.StructuredHeaderSize + 8;
 
     private readonly NbdConnection _connection;
     private readonly AsyncSignal _work;
@@ -47,8 +50,19 @@ internal sealed class NbdRequest
     /// <summary>Signalled when this slot becomes the connection's sender.</summary>
     public AsyncSignal SendGranted { get; }
 
-    /// <summary>The WRITE payload (received by the reader) or the READ buffer.</summary>
+    /// <summary>The WRITE payload (received by the reader) or the READ buffer; its length is
+    /// charged to the connection's <see cref="NbdConnection.Budget"/> while it is held.</summary>
     public NativeBuffer? Payload { get; set; }
+
+    /// <summary>Gives the payload buffer back to the pool and its bytes to the budget.</summary>
+    public void ReturnPayload()
+    {
+        if (Payload is null)
+            return;
+        _connection.Server.Buffers.Return(Payload);
+        Payload = null;
+        _connection.Budget.Give(_length);
+    }
 
     public void Prepare(NbdCommand command, NbdCommandFlags flags, ulong cookie, long offset, uint length, NbdError error, ErrorText message)
     {
@@ -76,6 +90,7 @@ internal sealed class NbdRequest
     {
         var transport = _connection.Transport;
         var pool = _connection.Server.Buffers;
+        var budget = _connection.Budget;
         while (true)
         {
             await _work.WaitAsync().ConfigureAwait(false);
@@ -102,8 +117,11 @@ internal sealed class NbdRequest
                                     reply = BuildHoleReply();
                                     break;
                                 }
-                                if (!pool.TryRent((int)_length, out var buffer))
-                                    buffer = await pool.RentAsync((int)_length).ConfigureAwait(false);
+                                // Over budget (replies not yet sent, say) this waits for this
+                                // connection's own buffers, never for other clients'.
+                                if (!budget.TryTake(_length))
+                                    await budget.TakeAsync(_length).ConfigureAwait(false);
+                                var buffer = pool.Rent((int)_length);
                                 Payload = buffer;
                                 await volume.ReadAsync(_offset, buffer.Memory.Slice(PayloadBufferPool.HeaderRoom, (int)_length)).ConfigureAwait(false);
                                 reply = BuildReadReply();
@@ -155,10 +173,13 @@ internal sealed class NbdRequest
                     {
                         do
                         {
-                            _connection.SendStarting();
                             while (!reply.IsEmpty)
                             {
-                                int sent = await transport.SendAsync(reply).ConfigureAwait(false);
+                                // Sliced so a large reply to a slow but reading client shows
+                                // progress to the send timeout (a socket send only returns once all
+                                // it was given has gone out).
+                                _connection.SendStarting();
+                                int sent = await transport.SendAsync(reply[..Math.Min(reply.Length, MaxSendPerCall)]).ConfigureAwait(false);
                                 reply = reply[sent..];
                             }
                             _connection.SendFinished();
@@ -179,11 +200,7 @@ internal sealed class NbdRequest
             }
             finally
             {
-                if (Payload is not null)
-                {
-                    pool.Return(Payload);
-                    Payload = null;
-                }
+                ReturnPayload();
                 _connection.ReleaseSlot(this);
             }
         }

@@ -40,7 +40,7 @@ public sealed class NbdServer : IAsyncDisposable
         _reactor = ChooseReactor(Options, out string transport);
         TransportDescription = transport;
         Buffers = new PayloadBufferPool(Options.BufferTiers);
-        var period = TimeSpan.FromMilliseconds(Math.Clamp(Math.Min(Options.HandshakeTimeout.TotalMilliseconds, Options.SendTimeout.TotalMilliseconds) / 4, 50, 1000));
+        var period = TimeSpan.FromMilliseconds(Math.Clamp(Options.ShortestTimeout.TotalMilliseconds / 4, 50, 1000));
         _watchdog = new Timer(static state => ((NbdServer)state!).CheckTimeouts(), this, period, period);
     }
 
@@ -169,7 +169,6 @@ public sealed class NbdServer : IAsyncDisposable
             }
             if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
                 client.NoDelay = true;
-            var connection = new NbdConnection(this, client);
             lock (_connections)
             {
                 if (_stopping || _connections.Count >= Options.MaxConnections)
@@ -179,6 +178,7 @@ public sealed class NbdServer : IAsyncDisposable
                     continue;
                 }
                 // The task cannot finish before it is recorded: its finally block takes this lock.
+                var connection = new NbdConnection(this, client);
                 _connections[connection] = RunConnectionAsync(connection);
             }
         }

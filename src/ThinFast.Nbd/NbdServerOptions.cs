@@ -57,11 +57,20 @@ public sealed record NbdServerOptions
     /// while all are busy (TCP backpressure).</summary>
     public int RequestsPerConnection { get; init; } = 16;
 
-    /// <summary>Payload buffer tiers (size, count). A request rents the smallest buffer that fits;
-    /// when every buffer of that tier is out it waits. The last tier must hold
-    /// <see cref="MaxPayload"/>.</summary>
+    /// <summary>Payload buffers made up front (size, count), shared by every connection. A request
+    /// takes the smallest free one that fits; when its tier has none left it gets a buffer of its
+    /// own size allocated for it instead of waiting for another connection to return one. The last
+    /// tier must hold <see cref="MaxPayload"/>.</summary>
     public IReadOnlyList<(int Size, int Count)> BufferTiers { get; init; } =
         [(128 * 1024, 128), (2 * 1024 * 1024, 16), (32 * 1024 * 1024, 2)];
+
+    /// <summary>Payload bytes one connection may hold at once: WRITE payloads being received or
+    /// written and READ data being read or waiting to be sent. A request that would go over it
+    /// waits until that connection's own earlier requests let go of theirs, so a client that
+    /// stalls or stops reading holds at most this much (the server's memory for payloads is at
+    /// most the tiers plus <see cref="MaxConnections"/> times this). At least
+    /// <see cref="MaxPayload"/>.</summary>
+    public long ConnectionBufferBytes { get; init; } = 64L * 1024 * 1024;
 
     /// <summary>An oversized WRITE's payload is read and thrown away up to this many bytes so the
     /// connection survives; beyond it the connection is dropped.</summary>
@@ -70,9 +79,14 @@ public sealed record NbdServerOptions
     /// <summary>A client still negotiating after this long is dropped.</summary>
     public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>A reply that cannot be handed to the socket for this long (the client stopped
-    /// reading) drops the connection, freeing its buffers for other clients.</summary>
+    /// <summary>A reply send that makes no progress for this long (the client stopped reading)
+    /// drops the connection, freeing its buffers.</summary>
     public TimeSpan SendTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>A request whose header or WRITE payload has started arriving but is not complete
+    /// after this long (the client stalled mid-request) drops the connection, freeing the payload
+    /// buffer it holds.</summary>
+    public TimeSpan ReceiveTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
     /// <summary>Export served for the empty name; null means the empty name is unknown.</summary>
     public string? DefaultExport { get; init; }
@@ -88,6 +102,10 @@ public sealed record NbdServerOptions
     /// network and disk I/O go through one ring on one thread.</summary>
     public IoUringReactor? Reactor { get; init; }
 
+    /// <summary>The shortest timeout, which sets how often the server checks them.</summary>
+    internal TimeSpan ShortestTimeout =>
+        new[] { HandshakeTimeout, SendTimeout, ReceiveTimeout }.Min();
+
     internal void Validate()
     {
         if (MaxPayload < 4096 || (MaxPayload & (MaxPayload - 1)) != 0)
@@ -98,8 +116,10 @@ public sealed record NbdServerOptions
             throw new ArgumentException($"MaxConnections {MaxConnections} must be at least 1");
         if (RequestsPerConnection is < 1 or > 1024)
             throw new ArgumentException($"RequestsPerConnection {RequestsPerConnection} must be in 1..1024");
-        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero)
-            throw new ArgumentException("HandshakeTimeout and SendTimeout must be positive");
+        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero || ReceiveTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("HandshakeTimeout, SendTimeout and ReceiveTimeout must be positive");
+        if (ConnectionBufferBytes < MaxPayload)
+            throw new ArgumentException($"ConnectionBufferBytes {ConnectionBufferBytes} is smaller than MaxPayload ({MaxPayload}): a largest request could never be served");
         if (BufferTiers.Count == 0)
             throw new ArgumentException("BufferTiers is empty");
         int previous = 0;

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using ThinFast.IO;
 
 namespace ThinFast.Nbd;
@@ -9,60 +8,48 @@ namespace ThinFast.Nbd;
 /// be written right before the data and both go out in one send, while the payload itself stays
 /// page-aligned for O_DIRECT engines.
 /// </summary>
+/// <remarks>Renting never waits: when the tier that fits has no free buffer, one of just the
+/// needed size is allocated and freed again on return. Waiting for a shared buffer would let a
+/// client that holds buffers without progressing (stalled mid-WRITE, not reading its READ replies)
+/// stop every other client; what bounds memory instead is each connection's
+/// <see cref="PayloadBudget"/>.</remarks>
 internal sealed class PayloadBufferPool : IDisposable
 {
     public const int HeaderRoom = NativeBuffer.PageSize;
 
     private readonly AlignedBufferPool[] _tiers;
-    // Counts free buffers per tier so a renter can wait when a tier is exhausted; WaitAsync only
-    // allocates when it actually has to wait, which steady-state traffic does not.
-    private readonly SemaphoreSlim[] _available;
 
     public PayloadBufferPool(IReadOnlyList<(int Size, int Count)> tiers)
     {
         _tiers = new AlignedBufferPool[tiers.Count];
-        _available = new SemaphoreSlim[tiers.Count];
         for (int i = 0; i < tiers.Count; i++)
-        {
             _tiers[i] = new AlignedBufferPool(tiers[i].Size + HeaderRoom, tiers[i].Count);
-            _available[i] = new SemaphoreSlim(tiers[i].Count, tiers[i].Count);
-        }
     }
 
     public int LargestPayload => _tiers[^1].BufferSize - HeaderRoom;
 
-    /// <summary>A buffer whose payload area holds at least <paramref name="length"/> bytes, if one
-    /// is free right now.</summary>
-    public bool TryRent(int length, out NativeBuffer buffer)
+    /// <summary>A buffer whose payload area holds at least <paramref name="length"/> bytes.</summary>
+    public NativeBuffer Rent(int length)
     {
-        int tier = TierFor(length);
-        if (_available[tier].Wait(0))
-        {
-            buffer = _tiers[tier].Rent();
-            return true;
-        }
-        buffer = null!;
-        return false;
-    }
-
-    /// <summary>Waits for a buffer whose payload area holds at least <paramref name="length"/>
-    /// bytes (the slow path when a tier is exhausted).</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    public async ValueTask<NativeBuffer> RentAsync(int length)
-    {
-        int tier = TierFor(length);
-        await _available[tier].WaitAsync().ConfigureAwait(false);
-        return _tiers[tier].Rent();
+        var tier = _tiers[TierFor(length)];
+        if (tier.TryRent(out var buffer))
+            return buffer;
+        int size = (length + NativeBuffer.PageSize - 1) / NativeBuffer.PageSize * NativeBuffer.PageSize;
+        return new NativeBuffer(HeaderRoom + size);
     }
 
     public void Return(NativeBuffer buffer)
     {
-        for (int i = 0; i < _tiers.Length; i++)
+        if (buffer.PoolIndex < 0)
         {
-            if (_tiers[i].BufferSize == buffer.Length)
+            ((IDisposable)buffer).Dispose();
+            return;
+        }
+        foreach (var tier in _tiers)
+        {
+            if (tier.BufferSize == buffer.Length)
             {
-                _tiers[i].Return(buffer);
-                _available[i].Release();
+                tier.Return(buffer);
                 return;
             }
         }
@@ -83,7 +70,5 @@ internal sealed class PayloadBufferPool : IDisposable
     {
         foreach (var t in _tiers)
             t.Dispose();
-        foreach (var s in _available)
-            s.Dispose();
     }
 }

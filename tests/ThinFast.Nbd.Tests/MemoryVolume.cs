@@ -17,6 +17,7 @@ public sealed class MemoryVolume : IBlockVolume
     // the durable copy has storage for them).
     private readonly bool[] _dirty;
     private int _inFlight;
+    private int _countedReads;
 
     public MemoryVolume(long size, int allocationUnit = 64 * 1024, string name = "memory", bool readOnly = false)
     {
@@ -50,6 +51,12 @@ public sealed class MemoryVolume : IBlockVolume
 
     public int FlushCount { get; private set; }
 
+    /// <summary>Reads started so far with an offset at or past <see cref="CountReadsFrom"/>, so a
+    /// test can count one client's reads while other clients read below it.</summary>
+    public int CountedReads => Volatile.Read(ref _countedReads);
+
+    public long CountReadsFrom { get; set; } = long.MaxValue;
+
     /// <summary>Data operations touching this range fail with this error (fault injection).</summary>
     public (long Offset, long Length, BlockError Error)? FailingRange { get; set; }
 
@@ -67,6 +74,8 @@ public sealed class MemoryVolume : IBlockVolume
 
     public ValueTask ReadAsync(long offset, Memory<byte> destination)
     {
+        if (offset >= CountReadsFrom)
+            Interlocked.Increment(ref _countedReads);
         Check(offset, destination.Length, write: false);
         return Run(static (v, o, _, m, _) => v.ReadCore(o, m), offset, 0, destination, default);
     }
