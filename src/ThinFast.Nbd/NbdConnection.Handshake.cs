@@ -13,11 +13,7 @@ internal sealed partial class NbdConnection
     /// <summary>Runs option haggling; true when the client entered the transmission phase.</summary>
     private async Task<bool> HandshakeAsync()
     {
-        var greeting = new byte[18];
-        BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdProtocol.NbdMagic);
-        BinaryPrimitives.WriteUInt64BigEndian(greeting.AsSpan(8), NbdProtocol.IHaveOpt);
-        BinaryPrimitives.WriteUInt16BigEndian(greeting.AsSpan(16), NbdProtocol.FlagFixedNewstyle | NbdProtocol.FlagNoZeroes);
-        await SendAsync(greeting).ConfigureAwait(false);
+        await SendAsync(Greeting()).ConfigureAwait(false);
 
         uint clientFlags = BinaryPrimitives.ReadUInt32BigEndian(await ReceiveBytesAsync(4).ConfigureAwait(false));
         if ((clientFlags & ~(NbdProtocol.ClientFlagFixedNewstyle | NbdProtocol.ClientFlagNoZeroes)) != 0)
@@ -299,7 +295,20 @@ internal sealed partial class NbdConnection
         return reply;
     }
 
-    private async Task SendOptionReplyAsync(NbdOption option, NbdOptionReply type, byte[]? data = null)
+    private async Task SendOptionReplyAsync(NbdOption option, NbdOptionReply type, byte[]? data = null) =>
+        await SendAsync(OptionReply(option, type, data)).ConfigureAwait(false);
+
+    /// <summary>The server's first message: magic, IHAVEOPT, handshake flags.</summary>
+    internal static byte[] Greeting()
+    {
+        var greeting = new byte[18];
+        BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdProtocol.NbdMagic);
+        BinaryPrimitives.WriteUInt64BigEndian(greeting.AsSpan(8), NbdProtocol.IHaveOpt);
+        BinaryPrimitives.WriteUInt16BigEndian(greeting.AsSpan(16), NbdProtocol.FlagFixedNewstyle | NbdProtocol.FlagNoZeroes);
+        return greeting;
+    }
+
+    internal static byte[] OptionReply(NbdOption option, NbdOptionReply type, byte[]? data = null)
     {
         int length = data?.Length ?? 0;
         var reply = new byte[20 + length];
@@ -308,6 +317,6 @@ internal sealed partial class NbdConnection
         BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(12), (uint)type);
         BinaryPrimitives.WriteUInt32BigEndian(reply.AsSpan(16), (uint)length);
         data?.CopyTo(reply, 20);
-        await SendAsync(reply).ConfigureAwait(false);
+        return reply;
     }
 }

@@ -58,12 +58,14 @@ internal sealed partial class NbdConnection
     private volatile bool _broken;
 
     // Watched by the server's timer: a client that never finishes the handshake, stalls in the
-    // middle of a request or stops reading its replies would otherwise hold a connection slot,
-    // and in the latter cases payload buffers, forever. Each is a timestamp (0 = not running) so
-    // the hot path only stores a number.
+    // middle of a request, stops reading its replies or just sits idle would otherwise hold a
+    // connection slot, and in the middle cases payload buffers, forever. Each is a timestamp
+    // (0 = not running) so the hot path only stores a number.
     private long _handshakeDeadline;
     private long _sendStartedAt;
     private long _receiveStartedAt;
+    private long _lastActivityAt;
+    private volatile bool _transmitting;
 
     public NbdConnection(NbdServer server, Socket socket)
     {
@@ -90,8 +92,10 @@ internal sealed partial class NbdConnection
 
     private void ReceiveFinished() => Volatile.Write(ref _receiveStartedAt, 0);
 
+    private void Active() => Volatile.Write(ref _lastActivityAt, Environment.TickCount64);
+
     /// <summary>Drops the connection if its handshake, receiving a request or sending a reply has
-    /// taken too long.</summary>
+    /// taken too long, or it has been idle too long.</summary>
     internal void CheckTimeouts(long now)
     {
         long deadline = Volatile.Read(ref _handshakeDeadline);
@@ -104,6 +108,8 @@ internal sealed partial class NbdConnection
             reason = $"client has not read its replies for {_options.SendTimeout}";
         else if (receiveStarted != 0 && now - receiveStarted > (long)_options.ReceiveTimeout.TotalMilliseconds)
             reason = $"request (header or WRITE payload) not fully received within {_options.ReceiveTimeout}";
+        else if (_options.IdleTimeout is { } idle && IsIdle && now - Volatile.Read(ref _lastActivityAt) > (long)idle.TotalMilliseconds)
+            reason = $"idle for {idle}";
         if (reason is null)
             return;
         _server.Log($"nbd: dropping client: {reason}");
@@ -114,6 +120,9 @@ internal sealed partial class NbdConnection
         // waiting for the lock this runs under.
         MarkBroken();
     }
+
+    // Read without the slot lock: a stale count only moves the idle check to the next tick.
+    private bool IsIdle => _transmitting && Volatile.Read(ref _freeCount) == _slots.Length && Volatile.Read(ref _receiveStartedAt) == 0;
 
     internal NbdServer Server => _server;
 
@@ -175,6 +184,8 @@ internal sealed partial class NbdConnection
             loops[i] = _slots[i].RunAsync();
         }
         _freeCount = n;
+        Active();
+        _transmitting = true;
 
         try
         {
@@ -215,6 +226,7 @@ internal sealed partial class NbdConnection
                     throw new NbdProtocolException("connection closed in the middle of a request header");
                 }
                 _rxEnd += got;
+                Active();
             }
             var header = _rx.AsSpan(_rxStart, NbdProtocol.RequestHeaderSize);
             uint magic = BinaryPrimitives.ReadUInt32BigEndian(header);
@@ -411,6 +423,7 @@ internal sealed partial class NbdConnection
 
     internal void ReleaseSlot(NbdRequest slot)
     {
+        Active();
         bool wake;
         lock (_slotLock)
         {

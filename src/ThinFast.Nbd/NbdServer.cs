@@ -16,11 +16,17 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly List<(Socket Socket, Task Loop, string? UnixPath)> _listeners = [];
     // Open connections and the tasks serving them; an entry leaves when its connection ends.
     private readonly Dictionary<NbdConnection, Task> _connections = [];
+    // Clients refused for the connection limit that are being told so; under _connections' lock.
+    private readonly Dictionary<Socket, Task> _refusals = [];
     private readonly Action<string>? _log;
     private readonly Timer _watchdog;
     private readonly IoUringReactor? _reactor;
     private volatile bool _stopping;
     private Task? _stopped;
+
+    /// <summary>Refused clients are answered at most this many at a time; beyond that (a flood)
+    /// they are just closed.</summary>
+    private const int MaxRefusalsInProgress = 16;
 
     public NbdServer(IEnumerable<NbdExport> exports, NbdServerOptions? options = null, Action<string>? log = null)
     {
@@ -171,16 +177,48 @@ public sealed class NbdServer : IAsyncDisposable
                 client.NoDelay = true;
             lock (_connections)
             {
-                if (_stopping || _connections.Count >= Options.MaxConnections)
+                if (_stopping)
                 {
-                    Log(_stopping ? null : $"nbd: refusing a connection: {Options.MaxConnections} already open");
                     client.Dispose();
+                    continue;
+                }
+                if (_connections.Count >= Options.MaxConnections)
+                {
+                    Refuse(client);
                     continue;
                 }
                 // The task cannot finish before it is recorded: its finally block takes this lock.
                 var connection = new NbdConnection(this, client);
                 _connections[connection] = RunConnectionAsync(connection);
             }
+        }
+    }
+
+    // Under _connections' lock.
+    private void Refuse(Socket client)
+    {
+        if (_refusals.Count >= MaxRefusalsInProgress)
+        {
+            Log($"nbd: refusing a connection: {Options.MaxConnections} already open and {MaxRefusalsInProgress} refusals in progress; closing it");
+            client.Dispose();
+            return;
+        }
+        Log($"nbd: refusing a connection: {Options.MaxConnections} already open; telling the client");
+        _refusals[client] = RefuseAsync(client);
+    }
+
+    private async Task RefuseAsync(Socket client)
+    {
+        await Task.Yield();
+        try
+        {
+            await ConnectionRefusal.RunAsync(client, $"server is at its connection limit ({Options.MaxConnections} connections); try again later",
+                Options.HandshakeTimeout).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_connections)
+                _refusals.Remove(client);
         }
     }
 
@@ -246,14 +284,18 @@ public sealed class NbdServer : IAsyncDisposable
 
         NbdConnection[] connections;
         Task[] tasks;
+        (Socket Socket, Task Task)[] refusals;
         lock (_connections)
         {
             connections = [.. _connections.Keys];
             tasks = [.. _connections.Values];
+            refusals = [.. _refusals.Select(r => (r.Key, r.Value))];
         }
         foreach (var c in connections)
             c.BeginShutdown();
-        await Task.WhenAll(tasks).ConfigureAwait(false);
+        foreach (var r in refusals)
+            r.Socket.Dispose();
+        await Task.WhenAll([.. tasks, .. refusals.Select(r => r.Task)]).ConfigureAwait(false);
 
         foreach (var volume in _exportList.Select(e => e.Volume).Distinct())
         {

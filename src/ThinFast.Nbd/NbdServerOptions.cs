@@ -50,7 +50,9 @@ public sealed record NbdServerOptions
     /// <summary>Minimum block size advertised: 1 because volumes accept any alignment.</summary>
     public int MinimumBlockSize { get; init; } = 1;
 
-    /// <summary>Connections beyond this are closed right after accept.</summary>
+    /// <summary>Connections open at once (handshake or transmission). A client beyond this is
+    /// answered every option with NBD_REP_ERR_SHUTDOWN and a message saying the server is at its
+    /// connection limit, so it can tell the user why instead of seeing a bare close.</summary>
     public int MaxConnections { get; init; } = 64;
 
     /// <summary>Requests served concurrently per connection; the reader stops reading new headers
@@ -88,6 +90,12 @@ public sealed record NbdServerOptions
     /// buffer it holds.</summary>
     public TimeSpan ReceiveTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>A connection past the handshake with no request in flight and nothing received for
+    /// this long is closed, so idle clients cannot hold the connection limit forever. Null (the
+    /// default) keeps idle connections: an NBD client such as the kernel's may legitimately send
+    /// nothing for hours while its device is unused.</summary>
+    public TimeSpan? IdleTimeout { get; init; }
+
     /// <summary>Export served for the empty name; null means the empty name is unknown.</summary>
     public string? DefaultExport { get; init; }
 
@@ -104,7 +112,7 @@ public sealed record NbdServerOptions
 
     /// <summary>The shortest timeout, which sets how often the server checks them.</summary>
     internal TimeSpan ShortestTimeout =>
-        new[] { HandshakeTimeout, SendTimeout, ReceiveTimeout }.Min();
+        new[] { HandshakeTimeout, SendTimeout, ReceiveTimeout, IdleTimeout ?? TimeSpan.MaxValue }.Min();
 
     internal void Validate()
     {
@@ -116,8 +124,8 @@ public sealed record NbdServerOptions
             throw new ArgumentException($"MaxConnections {MaxConnections} must be at least 1");
         if (RequestsPerConnection is < 1 or > 1024)
             throw new ArgumentException($"RequestsPerConnection {RequestsPerConnection} must be in 1..1024");
-        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero || ReceiveTimeout <= TimeSpan.Zero)
-            throw new ArgumentException("HandshakeTimeout, SendTimeout and ReceiveTimeout must be positive");
+        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero || ReceiveTimeout <= TimeSpan.Zero || IdleTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("HandshakeTimeout, SendTimeout, ReceiveTimeout and IdleTimeout must be positive");
         if (ConnectionBufferBytes < MaxPayload)
             throw new ArgumentException($"ConnectionBufferBytes {ConnectionBufferBytes} is smaller than MaxPayload ({MaxPayload}): a largest request could never be served");
         if (BufferTiers.Count == 0)

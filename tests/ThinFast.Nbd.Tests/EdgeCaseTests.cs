@@ -260,13 +260,13 @@ public class EdgeCaseTests
             path = '{{h.SocketPath}}'
             res = {}
             h.pwrite(b'\x61' * (1 << 20), 0)
-            # h plus two clients idling in the handshake fill the limit of 3: a fourth is closed at once.
+            # h plus two clients idling in the handshake fill the limit of 3: a fourth is answered
+            # ERR_SHUTDOWN (the message says why) for GO, and for any other option.
             idle = [raw_connect(path), raw_connect(path)]
             time.sleep(0.2)
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(5)
-            s.connect(path)
-            res['over_limit_closed'] = s.recv(18) == b''
+            s = raw_connect(path)
+            res['over_limit'] = option(s, 7, struct.pack('>I', 4) + b'disk' + struct.pack('>H', 0))
+            res['over_limit_list'] = option(s, 3)
             s.close()
             # The idlers are dropped after the handshake timeout.
             res['idle_dropped'] = all(recvn(c, 1) is None for c in idle)
@@ -300,7 +300,9 @@ public class EdgeCaseTests
             """;
         var result = await Tool.NbdshAsync(h.UnixUri(), script, TimeSpan.FromSeconds(60));
         var res = JsonSerializer.Deserialize<Dictionary<string, JsonElement>>(result.StdOut.Trim())!;
-        Assert.True(res["over_limit_closed"].GetBoolean(), result.StdOut);
+        const uint shutdown = 0x80000007;
+        Assert.Equal([shutdown], res["over_limit"].EnumerateArray().Select(e => e.GetUInt32()));
+        Assert.Equal([shutdown], res["over_limit_list"].EnumerateArray().Select(e => e.GetUInt32()));
         Assert.True(res["idle_dropped"].GetBoolean(), result.StdOut);
         Assert.True(res["served_while_hogged"].GetInt32() > 10, result.StdOut);
         // The hog was cut off long before all 64 MiB of replies were delivered.

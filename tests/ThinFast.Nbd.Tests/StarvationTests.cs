@@ -55,7 +55,7 @@ public class StarvationTests
         Assert.True(allStillStalled && stallStarted.Elapsed < receiveTimeout,
             $"other clients took until {stallStarted.Elapsed} (receive timeout {receiveTimeout}); stalled clients still open: {allStillStalled}");
 
-        await Task.WhenAll(stalled.Select(c => c.ClosedByServerAsync(Cancel)));
+        await Task.WhenAll(stalled.Select(c => c.ClosedByServerAsync(Cancel))).WaitAsync(receiveTimeout * 5, Cancel);
         Assert.True(stallStarted.Elapsed >= receiveTimeout, $"stalled clients dropped after {stallStarted.Elapsed}, before the receive timeout");
         Assert.Equal(stalled.Count, h.Log.Count(m => m.Contains("WRITE payload) not fully received within")));
         Tool.AssertSame(source, h.Volume.ToArray()[..source.Length]);
@@ -103,6 +103,56 @@ public class StarvationTests
         Assert.True(res["seconds"].GetDouble() < 10, result.StdOut);
         // The hog still holds just its budget's worth of READ buffers.
         Assert.Equal(2, h.Volume.CountedReads);
+    }
+
+    [Theory]
+    [InlineData(NbdTransportMode.IoUring)]
+    [InlineData(NbdTransportMode.Sockets)]
+    public async Task ClientsOverTheLimitAreToldWhyAndIdleClientsAreClosedAfterTheIdleTimeout(NbdTransportMode transport)
+    {
+        var idleTimeout = TimeSpan.FromSeconds(3);
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(transport) with { MaxConnections = 4, IdleTimeout = idleTimeout });
+        // Started before the idle clients' clocks, so it can only overstate how long they idled.
+        var idleSince = Stopwatch.StartNew();
+        var idle = new List<RawClient>();
+        for (int i = 0; i < 3; i++)
+            idle.Add(await RawClient.ConnectAndGoAsync(h.SocketPath, Cancel));
+        // The fourth keeps reading now and then, never idle for the idle timeout.
+        using var busy = await RawClient.ConnectAndGoAsync(h.SocketPath, Cancel);
+        using var stopBusy = new CancellationTokenSource();
+        var busyLoop = Task.Run(async () =>
+        {
+            for (ulong cookie = 0; !stopBusy.IsCancellationRequested; cookie++)
+            {
+                await busy.SendRequestAsync(0, 0, 4096, cookie, null, Cancel);
+                Assert.Equal(0u, await busy.SimpleReplyAsync(Cancel));
+                await busy.ReceiveDataAsync(4096, Cancel);
+                await Task.Delay(idleTimeout / 5, Cancel);
+            }
+        }, Cancel);
+
+        // qemu prints the server's message; libnbd 1.14 only the error's errno (ESHUTDOWN), the
+        // message only under LIBNBD_DEBUG=1. A bare close would read "Connection reset" / EOF.
+        var refused = await Tool.RunAsync("qemu-img", ["info", h.UnixUri()]);
+        Assert.True(refused.ExitCode != 0, refused.ToString());
+        Assert.True(refused.StdErr.Contains("Server shutting down before option 7 (go)\nserver reported: server is at its connection limit (4 connections)"),
+            refused.ToString());
+        refused = await Tool.RunAsync("nbdinfo", [h.UnixUri()]);
+        Assert.True(refused.ExitCode != 0 && refused.StdErr.Contains("server replied with error to opt_go request: Cannot send after transport endpoint shutdown"),
+            refused.ToString());
+        Assert.True(idleSince.Elapsed < idleTimeout, $"nbdinfo took {idleSince.Elapsed}: the refusal may have come after the idle ones were closed");
+        Assert.Contains(h.Log, m => m.Contains("refusing a connection: 4 already open; telling the client"));
+
+        await Task.WhenAll(idle.Select(c => c.ClosedByServerAsync(Cancel))).WaitAsync(idleTimeout * 5, Cancel);
+        Assert.True(idleSince.Elapsed >= idleTimeout, $"idle clients closed after {idleSince.Elapsed}");
+        Assert.Equal(3, h.Log.Count(m => m.Contains("dropping client: idle for")));
+        await WaitUntilAsync(() => h.Server.ConnectionCount == 1);
+        await Tool.RunOkAsync("nbdinfo", h.UnixUri());
+        stopBusy.Cancel();
+        await busyLoop;
+        Assert.True(busy.IsOpen, "a client that kept sending requests was closed as idle");
+        foreach (var c in idle)
+            c.Dispose();
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition)
