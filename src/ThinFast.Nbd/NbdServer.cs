@@ -21,12 +21,16 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly Action<string>? _log;
     private readonly Timer _watchdog;
     private readonly IoUringReactor? _reactor;
+    private readonly CancellationTokenSource _stop = new();
     private volatile bool _stopping;
     private Task? _stopped;
 
     /// <summary>Refused clients are answered at most this many at a time; beyond that (a flood)
     /// they are just closed.</summary>
     private const int MaxRefusalsInProgress = 16;
+
+    private static readonly TimeSpan FirstAcceptRetry = TimeSpan.FromMilliseconds(100);
+    private static readonly TimeSpan LastAcceptRetry = TimeSpan.FromSeconds(1);
 
     public NbdServer(IEnumerable<NbdExport> exports, NbdServerOptions? options = null, Action<string>? log = null)
     {
@@ -159,6 +163,8 @@ public sealed class NbdServer : IAsyncDisposable
 
     private async Task AcceptLoopAsync(Socket listener)
     {
+        var retry = TimeSpan.Zero;
+        long failures = 0;
         while (!_stopping)
         {
             Socket client;
@@ -166,12 +172,43 @@ public sealed class NbdServer : IAsyncDisposable
             {
                 client = await listener.AcceptAsync().ConfigureAwait(false);
             }
+            catch (SocketException e) when (!_stopping && e.SocketErrorCode is SocketError.TooManyOpenSockets or SocketError.NoBufferSpaceAvailable)
+            {
+                // Out of file descriptors (EMFILE, ENFILE) or memory: the pending client stays in
+                // the backlog, so retrying at once would fail again at once, in a loop that logs as
+                // fast as it spins. Wait instead, longer each time, and say so once.
+                failures++;
+                if (retry == TimeSpan.Zero)
+                {
+                    retry = FirstAcceptRetry;
+                    Log($"nbd: accept failed: {e.Message}; retrying after {FirstAcceptRetry.TotalMilliseconds} ms, backing off to {LastAcceptRetry.TotalSeconds} s, until it works");
+                }
+                else
+                {
+                    retry = TimeSpan.FromTicks(Math.Min(retry.Ticks * 2, LastAcceptRetry.Ticks));
+                }
+                try
+                {
+                    await Task.Delay(retry, _stop.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                continue;
+            }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
                 if (_stopping)
                     return;
                 Log($"nbd: accept failed: {e.Message}");
                 continue;
+            }
+            if (retry != TimeSpan.Zero)
+            {
+                Log($"nbd: accepting again after {failures} failed attempts");
+                retry = TimeSpan.Zero;
+                failures = 0;
             }
             if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
                 client.NoDelay = true;
@@ -262,6 +299,7 @@ public sealed class NbdServer : IAsyncDisposable
             if (_stopped is null)
             {
                 _stopping = true;
+                _stop.Cancel();
                 _stopped = StopCoreAsync();
             }
             return _stopped;
@@ -303,6 +341,7 @@ public sealed class NbdServer : IAsyncDisposable
                 await volume.FlushAsync().ConfigureAwait(false);
         }
         await _watchdog.DisposeAsync().ConfigureAwait(false);
+        _stop.Dispose();
         Buffers.Dispose();
     }
 

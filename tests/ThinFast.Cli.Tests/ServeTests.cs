@@ -8,7 +8,7 @@ namespace ThinFast.Cli.Tests;
 /// <summary>thinfast serve as a real process, driven by real NBD clients (nbdinfo, nbdcopy).</summary>
 public sealed class ServeTests
 {
-    private sealed class Server : IDisposable
+    internal sealed class Server : IDisposable
     {
         private readonly Process _process;
         private readonly StringBuilder _stderr = new();
@@ -81,7 +81,7 @@ public sealed class ServeTests
         }
     }
 
-    private static string NewPool(TempDir t, params string[] volumes)
+    internal static string NewPool(TempDir t, params string[] volumes)
     {
         Assert.Equal(0, Cli.Run("pool", "create", t["p"], "--data-size", "128M").ExitCode);
         foreach (string v in volumes)
