@@ -163,6 +163,7 @@ internal sealed partial class NbdConnection
         finally
         {
             _socket.Dispose();
+            _server.TransportClosed(_transport);
         }
     }
 

@@ -21,6 +21,9 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly Action<string>? _log;
     private readonly Timer _watchdog;
     private readonly IoUringReactor? _reactor;
+    private readonly int _ringConnectionLimit;
+    private int _ringConnections;
+    private int _ringFullLogged;
     private readonly CancellationTokenSource _stop = new();
     private volatile bool _stopping;
     private Task? _stopped;
@@ -49,6 +52,13 @@ public sealed class NbdServer : IAsyncDisposable
         _log = log;
         _reactor = ChooseReactor(Options, out string transport);
         TransportDescription = transport;
+        // A connection on the ring keeps up to two operations parked there (its reader's RECV and
+        // its sender's SEND) for as long as its client makes it wait, which for an idle client is
+        // forever. The ring has SqEntries - 1 slots, shared with the disks' I/O, and operations
+        // beyond them queue until one completes: enough idle clients would stop every other
+        // client and the disks. So connections may fill half the slots; later ones use .NET
+        // sockets, whose waits park nothing in the ring.
+        _ringConnectionLimit = _reactor is null ? 0 : Math.Max(1, (int)(_reactor.SqEntries - 1) / 4);
         Buffers = new PayloadBufferPool(Options.BufferTiers);
         var period = TimeSpan.FromMilliseconds(Math.Clamp(Options.ShortestTimeout.TotalMilliseconds / 4, 50, 1000));
         _watchdog = new Timer(static state => ((NbdServer)state!).CheckTimeouts(), this, period, period);
@@ -81,8 +91,39 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Which I/O path connections take, and why.</summary>
     public string TransportDescription { get; }
 
-    internal NbdTransport CreateTransport(Socket socket) =>
-        _reactor is null ? new SocketTransport(socket) : new UringTransport(new IoUringSocket(socket.SafeHandle, _reactor, "nbd client"));
+    /// <summary>Connections served through the io_uring ring at most; later ones use .NET
+    /// sockets (0 without a reactor).</summary>
+    public int RingConnectionLimit => _ringConnectionLimit;
+
+    internal NbdTransport CreateTransport(Socket socket)
+    {
+        if (_reactor is not null)
+        {
+            if (Interlocked.Increment(ref _ringConnections) <= _ringConnectionLimit)
+            {
+                try
+                {
+                    return new UringTransport(new IoUringSocket(socket.SafeHandle, _reactor, "nbd client"));
+                }
+                catch
+                {
+                    Interlocked.Decrement(ref _ringConnections);
+                    throw;
+                }
+            }
+            Interlocked.Decrement(ref _ringConnections);
+            if (Interlocked.Exchange(ref _ringFullLogged, 1) == 0)
+                Log($"nbd: the io_uring ring's share of connections ({_ringConnectionLimit}) is taken; further connections use .NET sockets until some close");
+        }
+        return new SocketTransport(socket);
+    }
+
+    /// <summary>A connection's transport is done: its share of the ring is free again.</summary>
+    internal void TransportClosed(NbdTransport transport)
+    {
+        if (transport is UringTransport)
+            Interlocked.Decrement(ref _ringConnections);
+    }
 
     private void CheckTimeouts()
     {

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using ThinFast.IO.Uring;
 
 namespace ThinFast.Nbd.Tests;
 
@@ -151,6 +152,34 @@ public class StarvationTests
         stopBusy.Cancel();
         await busyLoop;
         Assert.True(busy.IsOpen, "a client that kept sending requests was closed as idle");
+        foreach (var c in idle)
+            c.Dispose();
+    }
+
+    [Fact]
+    public async Task IdleConnectionsOnTheIoUringTransportDoNotStopNewClients()
+    {
+        // 8 entries: 7 slots, which parked receives of idle clients would fill.
+        Assert.True(IoUringReactor.TryCreate(out var reactor, out string? error, entries: 8), error);
+        using var _ = reactor;
+        await using var h = ServerHarness.Start(options: ServerHarness.Using(NbdTransportMode.IoUring) with { Reactor = reactor, MaxConnections = 32 });
+        Assert.Equal(1, h.Server.RingConnectionLimit);
+        var idle = new List<RawClient>();
+        for (int i = 0; i < 12; i++)
+        {
+            var go = RawClient.ConnectAndGoAsync(h.SocketPath, Cancel);
+            Assert.True(await Task.WhenAny(go, Task.Delay(TimeSpan.FromSeconds(10), Cancel)) == go, $"client {i + 1} was not served within 10 s");
+            idle.Add(await go);
+        }
+        var script = """
+            data = bytes(range(256)) * 4096
+            h.pwrite(data, 0)
+            assert h.pread(len(data), 0) == data
+            print('ok')
+            """;
+        var result = await Tool.NbdshAsync(h.UnixUri(), script, TimeSpan.FromSeconds(20));
+        Assert.Equal("ok", result.StdOut.Trim());
+        Assert.Contains(h.Log, m => m.Contains("the io_uring ring's share of connections (1) is taken; further connections use .NET sockets"));
         foreach (var c in idle)
             c.Dispose();
     }
