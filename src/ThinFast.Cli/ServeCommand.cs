@@ -12,7 +12,7 @@ internal static class ServeCommand
     private const string Help = """
         Usage: thinfast serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only]
                                   [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space] [--origin-direct]
-                                  [--io auto|uring|portable]
+                                  [--io auto|uring|portable] [--max-connections N] [--idle-timeout SECONDS]
 
         Serves the pool's volumes over NBD, one export per volume by name (the default export, for
         clients that ask for none, is the first). All volumes unless --volume names some. Listens on
@@ -22,7 +22,10 @@ internal static class ServeCommand
         remove the socket and pid file. --io picks the data I/O backend (auto: io_uring when the
         kernel allows it, else the portable one). Origins (base images) are read through the page
         cache, so volumes over one base share its cached blocks; --origin-direct reads them with
-        O_DIRECT instead.
+        O_DIRECT instead. --max-connections (default 64) limits open connections; a client beyond
+        it is told the server is at its connection limit. --idle-timeout closes a connection that
+        has had no request for that many seconds (default: never, since an unused kernel NBD
+        device may send nothing for hours).
 
         Examples:
           nbdinfo 'nbd+unix:///vm1?socket=DIR/nbd.sock'
@@ -33,7 +36,8 @@ internal static class ServeCommand
     {
         if (Program.WantsHelp(argv))
             return Program.Help(Help);
-        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io"], ["--read-only", "--error-if-no-space", "--origin-direct"]);
+        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io", "--max-connections", "--idle-timeout"],
+            ["--read-only", "--error-if-no-space", "--origin-direct"]);
         string dir = a.Positional(0, "pool directory (DIR)");
         a.ExpectPositionals(1);
         string? tcp = a.Value("--tcp");
@@ -53,12 +57,25 @@ internal static class ServeCommand
             "portable" => BlockDeviceBackend.Portable,
             var other => throw new UsageException($"--io '{other}' must be auto, uring or portable"),
         };
-        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend);
+        var nbd = new NbdServerOptions
+        {
+            MaxConnections = a.Value("--max-connections") is { } max ? ParseMaxConnections(max) : new NbdServerOptions().MaxConnections,
+            IdleTimeout = a.Value("--idle-timeout") is { } idle ? ParseSeconds(idle, "--idle-timeout") : null,
+        };
+        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend, nbd);
         running.WaitForSignal();
         return Program.Ok;
     }
 
     internal static void Log(string message) => Console.Error.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} thinfast: {message}");
+
+    private static int ParseMaxConnections(string text) =>
+        int.TryParse(text, out int n) && n >= 1 ? n : throw new UsageException($"--max-connections '{text}' is not a whole number of at least 1");
+
+    private static TimeSpan ParseSeconds(string text, string what) =>
+        double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double s) && s > 0 && s <= int.MaxValue
+            ? TimeSpan.FromSeconds(s)
+            : throw new UsageException($"{what} '{text}' is not a positive number of seconds");
 
     internal static IPEndPoint ParseEndpoint(string text)
     {
@@ -98,7 +115,7 @@ internal static class ServeCommand
         public IReadOnlyList<string> ExportNames => _server.Exports.Select(e => e.Name).ToList();
 
         public static Running Start(string dir, PoolOptions options, IReadOnlyList<string> names, bool readOnly, string? socket, IPEndPoint? tcp, string? pidFile,
-            BlockDeviceBackend backend = BlockDeviceBackend.Auto)
+            BlockDeviceBackend backend = BlockDeviceBackend.Auto, NbdServerOptions? nbd = null)
         {
             if (pidFile is not null && File.Exists(pidFile) && ProcessAlive(File.ReadAllText(pidFile)))
                 throw new PoolException($"pid file {pidFile} names a running process");
@@ -130,7 +147,7 @@ internal static class ServeCommand
                 }
                 if (exports.Count == 0)
                     throw new PoolException($"the pool in {dir} has no volume to serve (create one with thinfast volume create)");
-                var server = new NbdServer(exports, new NbdServerOptions { DefaultExport = exports[0].Name }, Log);
+                var server = new NbdServer(exports, (nbd ?? new NbdServerOptions()) with { DefaultExport = exports[0].Name }, Log);
                 running = new Running(pool, server, pidFile);
                 if (socket is not null)
                 {

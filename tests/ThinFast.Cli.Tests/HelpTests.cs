@@ -47,6 +47,9 @@ public sealed class HelpTests
     [InlineData(new[] { "pool", "info", "a", "b" }, "unexpected argument 'b'")]
     [InlineData(new[] { "serve", "/tmp/x", "--tcp", "99999" }, "port must be 0-65535")]
     [InlineData(new[] { "serve", "/tmp/x", "--io", "spdk" }, "must be auto, uring or portable")]
+    [InlineData(new[] { "serve", "/tmp/x", "--max-connections", "0" }, "--max-connections '0' is not a whole number of at least 1")]
+    [InlineData(new[] { "serve", "/tmp/x", "--idle-timeout", "soon" }, "--idle-timeout 'soon' is not a positive number of seconds")]
+    [InlineData(new[] { "serve", "/tmp/x", "--idle-timeout", "0" }, "--idle-timeout '0' is not a positive number of seconds")]
     public void BadUsageExitsTwo(string[] args, string message)
     {
         var r = Cli.Run(args);

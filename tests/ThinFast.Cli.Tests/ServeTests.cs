@@ -154,6 +154,46 @@ public sealed class ServeTests
     }
 
     [Fact]
+    public async Task ConnectionLimitAndIdleTimeoutAreSettable()
+    {
+        string nbdinfo = Cli.Require("nbdinfo", "libnbd-bin"), nbdsh = Cli.Require("nbdsh", "python3-libnbd");
+        string qemuImg = Cli.Require("qemu-img", "qemu-utils");
+        using var t = new TempDir();
+        string pool = NewPool(t, "vm1");
+        string socket = t["nbd.sock"], uri = $"nbd+unix:///vm1?socket={socket}";
+        using var server = new Server("serve", pool, "--socket", socket, "--max-connections", "1", "--idle-timeout", "1.5");
+        // One client connects (GO done when its script runs), says so, then sends nothing: it
+        // fills the limit of 1.
+        string ready = t["connected"];
+        // nbdsh runs `python3` from PATH; the system one has the libnbd module.
+        var path = new Dictionary<string, string> { ["PATH"] = "/usr/bin:/bin:" + Environment.GetEnvironmentVariable("PATH") };
+        string script = $"""
+            open('{ready}', 'w').close()
+            for _ in range(150):
+                try:
+                    h.poll(200)
+                except nbd.Error:
+                    break
+                if h.aio_is_dead() or h.aio_is_closed():
+                    break
+            print('dead' if h.aio_is_dead() or h.aio_is_closed() else 'still connected')
+            """;
+        var idle = Task.Run(() => Cli.Tool(nbdsh, ["-u", uri, "-c", script], env: path, timeout: TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+        Assert.True(SpinWait.SpinUntil(() => File.Exists(ready), TimeSpan.FromSeconds(10)), "the idle client did not connect:\n" + server.Log);
+        var refused = Cli.Tool(qemuImg, ["info", uri]);
+        Assert.True(refused.ExitCode != 0 && refused.Stderr.Contains("server reported: server is at its connection limit (1 connections)"),
+            refused.ToString() + "\n" + server.Log);
+        Assert.Contains("nbd: refusing a connection: 1 already open; telling the client", server.Log);
+        // After 1.5 s without a request the idle client is closed and others are served again.
+        Assert.True(SpinWait.SpinUntil(() => server.Log.Contains("nbd: dropping client: idle for 00:00:01.5"), TimeSpan.FromSeconds(10)), server.Log);
+        var info = server.Client(nbdinfo, ["--size", uri]);
+        Assert.True(info.ExitCode == 0, info.ToString());
+        var closed = await idle;
+        Assert.True(closed.Stdout.Trim() == "dead", closed.ToString());
+        Assert.Equal(0, server.Signal("TERM"));
+    }
+
+    [Fact]
     public void BadServeInputIsRefused()
     {
         using var t = new TempDir();
