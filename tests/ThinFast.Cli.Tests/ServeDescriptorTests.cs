@@ -8,9 +8,9 @@ namespace ThinFast.Cli.Tests;
 public sealed class DescriptorExhaustionCollection;
 
 /// <summary>thinfast serve out of file descriptors (its limit lowered with prlimit while it runs).</summary>
-/// <remarks>Runs alone: while the server has no descriptor to spare, the runtime cannot start a
-/// thread either (each needs a pipe) and dies with "Out of memory." if it tries, which the thread
-/// pool does when a loaded machine makes its work queue back up.</remarks>
+/// <remarks>Runs alone: while the server has no descriptor to spare, the runtime itself fails
+/// when it needs one (strace showed a new thread's pipe2 and an assembly load failing with EMFILE)
+/// and dies with "Out of memory."; that happened when parallel tests loaded the machine.</remarks>
 [Collection(nameof(DescriptorExhaustionCollection))]
 public sealed class ServeDescriptorTests
 {
@@ -45,8 +45,8 @@ public sealed class ServeDescriptorTests
         }
         finally
         {
-            // The descriptor limit goes back up before the clients leave: with none to spare, the
-            // burst of work their leaving causes would make the runtime start threads (see the class remarks).
+            // The descriptor limit goes back up before the clients leave: the burst of work their
+            // leaving causes would otherwise need descriptors in the runtime (see the class remarks).
             Cli.Tool(prlimit, ["--pid", server.Pid.ToString(), $"--nofile={limit.Replace(' ', ':')}"]);
             foreach (var c in clients)
                 c.Dispose();
