@@ -30,7 +30,8 @@ public class StarvationTests
             await client.SendRequestAsync(1, 48L << 20, length, 1, Enumerable.Repeat((byte)0xee, 1000).ToArray(), Cancel);
             stalled.Add(client);
         }
-        // The server rents a stalled write's buffer as soon as it has read the header.
+        // A moment for the server to read the stalled headers (it takes their buffers then);
+        // nothing a client can see marks that point.
         await Task.Delay(300, Cancel);
 
         var source = Tool.Pattern(8 << 20, 21);
