@@ -118,7 +118,15 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            await AcquireBlockLockAsync(stripe, exclusive: false);
+            var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive: false);
+            if (acquire.IsCompletedSuccessfully)
+                acquire.GetAwaiter().GetResult();
+            else
+            {
+                Gate.Park();
+                await acquire;
+                await ResumeAfterLockWaitAsync(stripe, exclusive: false);
+            }
             try
             {
                 if (_pool.TryLookup(DeviceId, block, out var mapping))
@@ -279,7 +287,15 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            await AcquireBlockLockAsync(stripe, exclusive: true);
+            var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive: true);
+            if (acquire.IsCompletedSuccessfully)
+                acquire.GetAwaiter().GetResult();
+            else
+            {
+                Gate.Park();
+                await acquire;
+                await ResumeAfterLockWaitAsync(stripe, exclusive: true);
+            }
             try
             {
                 if (_pool.TryLookup(DeviceId, block, out var mapping) && !mapping.Shared)
@@ -730,7 +746,18 @@ public sealed partial class ThinVolume : IBlockVolume
         try
         {
             for (; held < wrap + head; held++)
-                await AcquireBlockLockAsync(held < wrap ? held : start + held - wrap, exclusive);
+            {
+                int stripe = held < wrap ? held : start + held - wrap;
+                var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive);
+                if (acquire.IsCompletedSuccessfully)
+                    acquire.GetAwaiter().GetResult();
+                else
+                {
+                    Gate.Park();
+                    await acquire;
+                    await ResumeAfterLockWaitAsync(stripe, exclusive);
+                }
+            }
         }
         catch
         {
@@ -741,29 +768,29 @@ public sealed partial class ThinVolume : IBlockVolume
         }
     }
 
-    /// <summary>Takes one block-lock stripe. A request that has to wait is parked meanwhile (the
-    /// holder may be queued for space for minutes, and this request has looked nothing up yet),
-    /// so snapshots and deletes do not wait for it; once it holds the lock it goes on only through
-    /// an open gate. Fails, holding nothing, when the volume was deleted meanwhile.</summary>
-    private ValueTask AcquireBlockLockAsync(int stripe, bool exclusive)
+    // Taking a block lock, inline in each caller's state machine (a helper async method would
+    // allocate a box whenever a lock is contended): a request that has to wait is parked
+    // meanwhile (the holder may be queued for space for minutes, and this request has looked
+    // nothing up yet), so snapshots and deletes do not wait for it.
+
+    /// <summary>After a parked wait for a block lock: goes on only through an open gate. Fails,
+    /// holding nothing, when the volume was deleted meanwhile.</summary>
+    private ValueTask ResumeAfterLockWaitAsync(int stripe, bool exclusive)
     {
-        var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive);
-        if (acquire.IsCompletedSuccessfully)
+        var resume = Gate.ResumeAsync();
+        if (resume.IsCompletedSuccessfully)
         {
-            acquire.GetAwaiter().GetResult();
+            resume.GetAwaiter().GetResult();
             return ValueTask.CompletedTask;
         }
-        return AcquireParkedAsync(acquire, stripe, exclusive);
+        return ResumeSlowAsync(resume, stripe, exclusive);
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask AcquireParkedAsync(ValueTask acquire, int stripe, bool exclusive)
+    private async ValueTask ResumeSlowAsync(ValueTask resume, int stripe, bool exclusive)
     {
-        Gate.Park();
-        await acquire;
         try
         {
-            await Gate.ResumeAsync();
+            await resume;
         }
         catch
         {
