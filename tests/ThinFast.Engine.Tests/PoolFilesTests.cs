@@ -250,4 +250,44 @@ public class PoolFilesTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Theory]
+    [InlineData(BlockDeviceBackend.IoUring)]
+    [InlineData(BlockDeviceBackend.Portable)]
+    public async Task OnALoopDeviceANewVolumeNeverReadsADeletedVolumesData(BlockDeviceBackend backend)
+    {
+        // Passdown off: the deleted volume's data stays on the device, as it may on any disk
+        // (BLKDISCARD promises nothing), so only zeroing and copying stand between it and b.
+        using var loop = new LoopDevice(16L * B, 4096);
+        var dir = Directory.CreateTempSubdirectory("thinfast-loop-pool-").FullName;
+        try
+        {
+            var files = PoolFiles.InFolder(dir) with { DataPath = loop.Path };
+            var io = new BlockDeviceOptions { Backend = backend };
+            using var pool = ThinPool.CreateFiles(files, 8 << 20, 16L * B, new PoolOptions { DiscardPassdown = false }, io);
+            var a = pool.CreateVolume("a", 16L * B);
+            var secret = PoolHarness.Pattern(16 * B, 41);
+            await a.WriteAsync(0, secret);
+            await a.FlushAsync();
+            pool.DeleteVolume("a");
+
+            var b = pool.CreateVolume("b", 16L * B);
+            var expected = new byte[16 * B];
+            var data = PoolHarness.Pattern(4096, 42);
+            await b.WriteAsync(B + 8192, data);                                       // a partial first write
+            data.CopyTo(expected, B + 8192);
+            await b.WriteZeroesAsync(2L * B, B, ZeroFlags.None);                      // NO_HOLE, a whole block
+            await b.WriteZeroesAsync(3L * B + 4096, 4096, ZeroFlags.None);            // NO_HOLE, part of a block
+            await b.WriteZeroesAsync(4L * B, 4096, ZeroFlags.MayDeallocate | ZeroFlags.FastOnly);
+            Assert.Equal(3UL, pool.GetStatus().UsedDataBlocks);
+            await b.FlushAsync();
+            var back = new byte[16 * B];
+            await b.ReadAsync(0, back);
+            Assert.True(back.AsSpan().SequenceEqual(expected), $"b reads other data at byte {back.AsSpan().CommonPrefixLength(expected)}");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -1,3 +1,5 @@
+using ThinFast.Testing;
+
 namespace ThinFast.IO.Tests;
 
 /// <summary>Real block devices (a loop device with 4096-byte sectors): size from BLKGETSIZE64,

@@ -1,16 +1,17 @@
 using System.Diagnostics;
+using Xunit;
 
-namespace ThinFast.IO.Tests;
+namespace ThinFast.Testing;
 
 /// <summary>A loop block device over a file in a temp dir, detached on dispose. Needs root and
 /// losetup (util-linux, package "mount" on Debian).</summary>
-internal sealed class LoopDevice : IDisposable
+public sealed class LoopDevice : IDisposable
 {
-    private readonly TempDir _dir = new();
+    private readonly string _dir = Directory.CreateTempSubdirectory("thinfast-loop-").FullName;
 
     public LoopDevice(long size, int sectorSize)
     {
-        string backing = _dir.File("backing.img");
+        string backing = System.IO.Path.Combine(_dir, "backing.img");
         using (var f = File.Create(backing))
             f.SetLength(size);
         Path = Run("losetup", $"--find --show --direct-io=on --sector-size {sectorSize} {backing}").Trim();
@@ -22,7 +23,7 @@ internal sealed class LoopDevice : IDisposable
     public void Dispose()
     {
         Run("losetup", $"-d {Path}");
-        _dir.Dispose();
+        Directory.Delete(_dir, recursive: true);
     }
 
     private static string Run(string file, string args)
