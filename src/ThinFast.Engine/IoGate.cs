@@ -23,6 +23,18 @@ internal sealed class IoGate
     private PooledSignal? _waitingToEnter;
     private PooledSignal? _waitingToResume;
 
+    /// <summary>Requests parked now (tests wait for this instead of sleeping).</summary>
+    public int Parked
+    {
+        get { lock (_lock) return _parked; }
+    }
+
+    /// <summary>Whether a snapshot or delete holds the gate closed now.</summary>
+    public bool IsClosed
+    {
+        get { lock (_lock) return _closed; }
+    }
+
     /// <summary>Why the gate is closed for good, or null.</summary>
     public string? RetiredReason => Volatile.Read(ref _retiredReason);
 

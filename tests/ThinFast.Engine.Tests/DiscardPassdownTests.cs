@@ -37,7 +37,7 @@ public class DiscardPassdownTests
         // get it (a late discard would destroy b's data). b queues for space meanwhile.
         var bData = PoolHarness.Pattern(B, 100);
         var write = Task.Run(async () => await b.WriteAsync(0, bData), TestContext.Current.CancellationToken);
-        await Task.WhenAny(write, Task.Delay(200, TestContext.Current.CancellationToken));
+        Assert.True(SpinWait.SpinUntil(() => b.Gate.Parked == 1 || write.IsCompleted, TimeSpan.FromSeconds(10)), "b's write neither completed nor waited for space");
         Assert.False(write.IsCompleted, "b provisioned the block whose discard was still in flight");
 
         gated.Open();

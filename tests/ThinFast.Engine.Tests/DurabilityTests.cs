@@ -268,7 +268,7 @@ public class DurabilityTests
         var held = Task.Run(async () => await v.WriteAsync(B, new byte[4096]), TestContext.Current.CancellationToken);
         Assert.True(p.DataHold.Held.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
         var delete = Task.Run(() => p.Pool.DeleteVolume("v"), TestContext.Current.CancellationToken);
-        await Task.Delay(200, TestContext.Current.CancellationToken);
+        Assert.True(SpinWait.SpinUntil(() => v.Gate.IsClosed, TimeSpan.FromSeconds(10)), "the delete never started draining v");
 
         // Meanwhile a data flush fails: v's unflushed provisioning write is lost (its mapping goes
         // with the aborted transaction) and v is marked so.
