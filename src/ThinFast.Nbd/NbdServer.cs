@@ -25,6 +25,7 @@ public sealed class NbdServer : IAsyncDisposable
     private int _ringConnections;
     private int _ringFullLogged;
     private readonly CancellationTokenSource _stop = new();
+    private readonly DescriptorReserve _descriptorReserve = new();
     private volatile bool _stopping;
     private Task? _stopped;
 
@@ -206,6 +207,23 @@ public sealed class NbdServer : IAsyncDisposable
     {
         var retry = TimeSpan.Zero;
         long failures = 0;
+
+        // Out of descriptors: the reserve goes to the runtime, and the next attempt waits longer.
+        async Task<bool> BackOffAsync()
+        {
+            _descriptorReserve.Release();
+            try
+            {
+                await Task.Delay(retry, _stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return false;
+            }
+            retry = TimeSpan.FromTicks(Math.Min(retry.Ticks * 2, LastAcceptRetry.Ticks));
+            return true;
+        }
+
         while (!_stopping)
         {
             Socket client;
@@ -224,18 +242,8 @@ public sealed class NbdServer : IAsyncDisposable
                     retry = FirstAcceptRetry;
                     Log($"nbd: accept failed: {e.Message}; retrying after {FirstAcceptRetry.TotalMilliseconds} ms, backing off to {LastAcceptRetry.TotalSeconds} s, until it works");
                 }
-                else
-                {
-                    retry = TimeSpan.FromTicks(Math.Min(retry.Ticks * 2, LastAcceptRetry.Ticks));
-                }
-                try
-                {
-                    await Task.Delay(retry, _stop.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
+                if (!await BackOffAsync())
                     return;
-                }
                 continue;
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
@@ -247,6 +255,16 @@ public sealed class NbdServer : IAsyncDisposable
             }
             if (retry != TimeSpan.Zero)
             {
+                // Still short of descriptors (the reserve cannot be taken back): this client
+                // would take the runtime's last ones. Shed it and keep backing off.
+                if (!_descriptorReserve.TryRestore())
+                {
+                    client.Dispose();
+                    failures++;
+                    if (!await BackOffAsync())
+                        return;
+                    continue;
+                }
                 Log($"nbd: accepting again after {failures} failed attempts");
                 retry = TimeSpan.Zero;
                 failures = 0;
@@ -383,6 +401,7 @@ public sealed class NbdServer : IAsyncDisposable
         }
         await _watchdog.DisposeAsync().ConfigureAwait(false);
         _stop.Dispose();
+        _descriptorReserve.Dispose();
         Buffers.Dispose();
     }
 
