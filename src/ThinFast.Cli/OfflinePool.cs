@@ -32,7 +32,7 @@ internal sealed class OfflinePool : IDisposable
         var files = PoolFiles.InFolder(dir);
         if (!File.Exists(files.ManifestPath))
             throw new PoolException($"no pool at {dir} ({files.ManifestPath} missing)");
-        var processLock = TakeLock(files);
+        var processLock = files.TakeProcessLock();
         IBlockDevice? device = null;
         try
         {
@@ -48,18 +48,6 @@ internal sealed class OfflinePool : IDisposable
             device?.Dispose();
             processLock.Dispose();
             throw;
-        }
-    }
-
-    internal static FileStream TakeLock(PoolFiles files)
-    {
-        try
-        {
-            return new FileStream(files.LockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-        }
-        catch (IOException)
-        {
-            throw new PoolException($"the pool at {Path.GetDirectoryName(Path.GetFullPath(files.ManifestPath))} is open in another process (lock {files.LockPath})");
         }
     }
 
@@ -94,7 +82,7 @@ internal sealed class MetadataLocation : IDisposable
             var files = PoolFiles.InFolder(target);
             if (!File.Exists(files.ManifestPath))
                 throw new PoolException($"no pool at {target} ({files.ManifestPath} missing)");
-            var processLock = OfflinePool.TakeLock(files);
+            var processLock = files.TakeProcessLock();
             try
             {
                 return new MetadataLocation(files.MetadataPath, processLock, PoolManifest.Load(files.ManifestPath));

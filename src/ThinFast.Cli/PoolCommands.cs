@@ -57,6 +57,9 @@ internal static class PoolCommands
         try
         {
             Directory.CreateDirectory(dir);
+            // A folder we make holds every guest's disk: the owner's only.
+            if (madeDir && !OperatingSystem.IsWindows())
+                File.SetUnixFileMode(dir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
             using (var pool = ThinPool.CreateFiles(files, metadataSize, dataSize, new PoolOptions { BlockSize = (int)blockSize }))
             {
                 if (metadataPath is not null)

@@ -117,8 +117,8 @@ internal static class ServeCommand
         public static Running Start(string dir, PoolOptions options, IReadOnlyList<string> names, bool readOnly, string? socket, IPEndPoint? tcp, string? pidFile,
             BlockDeviceBackend backend = BlockDeviceBackend.Auto, NbdServerOptions? nbd = null)
         {
-            if (pidFile is not null && File.Exists(pidFile) && ProcessAlive(File.ReadAllText(pidFile)))
-                throw new PoolException($"pid file {pidFile} names a running process");
+            if (pidFile is not null)
+                CheckPidFilePath(pidFile, dir);
             var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), options, new BlockDeviceOptions { Backend = backend, Log = Log });
             Running? running = null;
             try
@@ -167,7 +167,7 @@ internal static class ServeCommand
                     }
                 }
                 if (pidFile is not null)
-                    File.WriteAllText(pidFile, $"{Environment.ProcessId}\n");
+                    WritePidFile(pidFile);
                 foreach (var sig in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
                     running._signals.Add(PosixSignalRegistration.Create(sig, ctx =>
                     {
@@ -197,20 +197,55 @@ internal static class ServeCommand
                 s.Dispose();
             _server.StopAsync().GetAwaiter().GetResult();
             _pool.Dispose();
-            if (_pidFile is not null)
+            // Only our own pid file: if someone replaced it, it is theirs.
+            if (_pidFile is not null && File.Exists(_pidFile) && File.ReadAllText(_pidFile).Trim() == Environment.ProcessId.ToString())
                 File.Delete(_pidFile);
             Log("stopped; metadata committed");
         }
 
-        private static bool ProcessAlive(string pidText) =>
-            int.TryParse(pidText.Trim(), out int pid) && Directory.Exists($"/proc/{pid}");
+        /// <summary>A pid file may replace only a stale pid file: never a pool's file, never
+        /// anything else that happens to be at the path, never one naming a live process.</summary>
+        private static void CheckPidFilePath(string pidFile, string dir)
+        {
+            var files = PoolFiles.InFolder(dir);
+            var target = FileIdentity.Of(pidFile);
+            foreach (string own in new[] { files.ManifestPath, files.MetadataPath, files.DataPath, files.LockPath })
+                if (target is not null && FileIdentity.Of(own) == target)
+                    throw new PoolException($"--pid-file {pidFile} is the pool's {Path.GetFileName(own)}; choose another path");
+            if (!File.Exists(pidFile) && !Directory.Exists(pidFile))
+                return;
+            if (!IsPidFile(pidFile, out int pid))
+                throw new PoolException($"--pid-file {pidFile} exists and is not a pid file; refusing to overwrite it");
+            if (Directory.Exists($"/proc/{pid}"))
+                throw new PoolException($"pid file {pidFile} names a running process ({pid})");
+        }
+
+        private static bool IsPidFile(string path, out int pid)
+        {
+            pid = 0;
+            if (!File.Exists(path) || new FileInfo(path).Length > 32)
+                return false;
+            return int.TryParse(File.ReadAllText(path).Trim(), out pid) && pid > 0;
+        }
+
+        // Created exclusively; a stale pid file (checked above) is replaced atomically.
+        private static void WritePidFile(string path)
+        {
+            string temp = $"{path}.{Environment.ProcessId}.tmp";
+            using (var f = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+                f.Write(System.Text.Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n"));
+            File.Move(temp, path, overwrite: true);
+        }
 
         // We hold the pool lock, so a socket at our path is left over from a process that died
         // without cleaning up, unless something else entirely listens there: connect to find out.
+        // Anything that is not a socket is never removed.
         private static void RemoveStaleSocket(string path)
         {
-            if (!File.Exists(path))
+            if (!File.Exists(path) && !Directory.Exists(path))
                 return;
+            if (!FileIdentity.IsSocket(path))
+                throw new IOException($"--socket {path} exists and is not a socket; refusing to remove it (choose another path)");
             using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             try
             {

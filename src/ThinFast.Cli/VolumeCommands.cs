@@ -1,4 +1,5 @@
 using ThinFast.Engine;
+using ThinFast.IO;
 using ThinFast.Metadata;
 
 namespace ThinFast.Cli;
@@ -24,8 +25,10 @@ internal static class VolumeCommands
         string? origin = a.Value("--origin");
         if (origin is not null && !File.Exists(origin))
             throw new PoolException($"origin {origin} does not exist");
+        // The origin's size rounded up to the sector: its last partial sector reads its tail and
+        // then zeros.
         long size = a.Value("--size") is { } s ? Sizes.Parse(s, "--size")
-            : origin is not null ? new FileInfo(origin).Length is > 0 and var l ? l : throw new UsageException("--size is required for a block-device origin")
+            : origin is not null ? (OriginLength(origin) + 511) & ~511L
             : throw new UsageException("--size is required (or --origin to take the origin's size)");
         if (size % 512 != 0)
             throw new UsageException($"--size {size} must be a multiple of 512 bytes");
@@ -123,14 +126,26 @@ internal static class VolumeCommands
         return Program.Ok;
     }
 
+    /// <summary>The length of what the path names: through symlinks, and for block devices the
+    /// device's size (a file's own length would be the link's, or 0).</summary>
+    private static long OriginLength(string path)
+    {
+        if (FileIdentity.Of(path) is { IsBlockDevice: true })
+        {
+            using var device = BlockDevices.Open(path, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
+            return device.Length;
+        }
+        using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        return RandomAccess.GetLength(file);
+    }
+
     private static string? OriginProblem(VolumeRecord v)
     {
         if (v.OriginPath is null || v.OriginPath.StartsWith("/dev/", StringComparison.Ordinal))
             return null;
         if (!File.Exists(v.OriginPath))
             return "origin does not exist";
-        long length = new FileInfo(v.OriginPath).Length;
+        long length = OriginLength(v.OriginPath);
         return v.OriginSize is { } expected && expected != length ? $"origin changed size from {expected} to {length} bytes" : null;
     }
-
 }

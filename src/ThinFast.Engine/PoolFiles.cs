@@ -13,6 +13,44 @@ public sealed record PoolFiles(string MetadataPath, string DataPath, string Mani
         new(Path.Combine(folder, "metadata"), Path.Combine(folder, "data"), Path.Combine(folder, "pool.json"));
 
     public string LockPath => ManifestPath + ".lock";
+
+    /// <summary>Takes the pool's process lock: one process at a time opens a pool. .NET implements
+    /// FileShare.None on Unix with flock(LOCK_EX | LOCK_NB), so a second process (a second
+    /// <c>thinfast serve</c>, say) gets an error here instead of corrupting the pool. The lock file
+    /// is the owner's only.</summary>
+    public FileStream TakeProcessLock()
+    {
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(LockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException)
+        {
+            throw new PoolException($"the pool at {Path.GetDirectoryName(Path.GetFullPath(ManifestPath))} is open in another process (lock {LockPath})");
+        }
+        if (!OperatingSystem.IsWindows())
+            File.SetUnixFileMode(stream.SafeFileHandle, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return stream;
+    }
+
+    /// <summary>Refuses to create a pool over files that already hold one: a metadata file or
+    /// device that holds dm-thin metadata would be re-initialised, and every mapping with it.</summary>
+    internal void ThrowIfHoldsAPool()
+    {
+        if (File.Exists(ManifestPath))
+            throw new PoolException($"a pool already exists at {ManifestPath}");
+        if (!File.Exists(MetadataPath))
+            return;
+        var block = new byte[512];
+        using (var file = File.OpenHandle(MetadataPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+        {
+            if (RandomAccess.Read(file, block, 0) < block.Length)
+                return;
+        }
+        if (ThinFast.Metadata.Superblock.Read(block).Magic == ThinFast.Metadata.MetadataFormat.Magic)
+            throw new PoolException($"{MetadataPath} already holds dm-thin metadata, maybe a pool whose pool.json is missing; refusing to overwrite it (inspect it with thinfast pool check, or remove it yourself to start over)");
+    }
 }
 
 public sealed partial class ThinPool
@@ -23,8 +61,7 @@ public sealed partial class ThinPool
     public static ThinPool CreateFiles(PoolFiles files, long metadataSize, long dataSize, PoolOptions options, BlockDeviceOptions? io = null)
     {
         options.Validate();
-        if (File.Exists(files.ManifestPath))
-            throw new PoolException($"a pool already exists at {files.ManifestPath}");
+        files.ThrowIfHoldsAPool();
         return Assemble(files, io, options,
             () => OpenOrCreate(files.MetadataPath, metadataSize, SynchronousIo(io), preallocate: false),
             () => OpenOrCreate(files.DataPath, dataSize, io, options.PreallocateData),
@@ -46,7 +83,7 @@ public sealed partial class ThinPool
     /// closes whatever was opened, in reverse.</summary>
     private static ThinPool Assemble(PoolFiles files, BlockDeviceOptions? io, PoolOptions options, Func<IBlockDevice> openMetadata, Func<IBlockDevice> openData, Func<PoolDevices, ThinPool> build)
     {
-        var processLock = TakeLock(files);
+        var processLock = files.TakeProcessLock();
         IBlockDevice? metadata = null, data = null, dataFlush = null;
         try
         {
@@ -125,19 +162,5 @@ public sealed partial class ThinPool
         if (!path.StartsWith("/dev/", StringComparison.Ordinal) && !File.Exists(path))
             throw new PoolException($"{role} device {path} does not exist");
         return BlockDevices.Open(path, io);
-    }
-
-    // .NET implements FileShare.None on Unix with flock(LOCK_EX | LOCK_NB), so a second process
-    // (a second `thinfast serve`, say) gets an error here instead of corrupting the pool.
-    private static FileStream TakeLock(PoolFiles files)
-    {
-        try
-        {
-            return new FileStream(files.LockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
-        }
-        catch (IOException)
-        {
-            throw new PoolException($"the pool at {Path.GetDirectoryName(Path.GetFullPath(files.ManifestPath))} is open in another process (lock {files.LockPath})");
-        }
     }
 }

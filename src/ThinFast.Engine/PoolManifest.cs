@@ -66,6 +66,8 @@ public sealed record PoolManifest
         byte[] json = JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
         using (var f = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
         {
+            if (!OperatingSystem.IsWindows())
+                File.SetUnixFileMode(f.SafeFileHandle, UnixFileMode.UserRead | UnixFileMode.UserWrite);
             f.Write(json);
             f.Flush(flushToDisk: true);
         }

@@ -154,7 +154,10 @@ public sealed partial class ThinPool : IDisposable
             throw new PoolException($"volume size {size} must be a positive multiple of 512 bytes");
         IBlockDevice? origin = null;
         if (originPath is not null)
+        {
+            ThrowIfOwnStorage(originPath);
             origin = OpenOrigin(originPath, expectedSize: null, volumeName: name);
+        }
         try
         {
             lock (_adminLock)
@@ -341,6 +344,19 @@ public sealed partial class ThinPool : IDisposable
             }
         }
         return new ThinVolume(this, record, origin, unavailable);
+    }
+
+    /// <summary>Refuses an origin that is this pool's own storage: a volume over the pool's data
+    /// would read every other volume's blocks, and one over its metadata the mappings.</summary>
+    private void ThrowIfOwnStorage(string originPath)
+    {
+        if (FileIdentity.Of(originPath) is not { } origin)
+            return;
+        foreach (var (device, what) in new[] { (_devices.Data.Name, "data"), (_devices.Metadata.Name, "metadata"), (_devices.ManifestPath, "manifest") })
+        {
+            if (FileIdentity.Of(device) == origin)
+                throw new PoolException($"origin {originPath} is this pool's own {what} ({device}): a volume over it would expose every other volume");
+        }
     }
 
     private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)

@@ -63,9 +63,12 @@ public static class BlockDevices
             throw new BlockDeviceException(BlockError.InvalidArgument, $"{path}: length {length} must be a non-negative multiple of {DeviceGeometry.FallbackAlignment}");
         if (options is { ReadOnly: true })
             throw new BlockDeviceException(BlockError.InvalidArgument, $"{path}: cannot create a read-only device");
-        int fd = Libc.Open(path, Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL | Libc.O_CLOEXEC, 0x1a4 /* 0644 */);
+        int fd = Libc.Open(path, Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL | Libc.O_CLOEXEC, 0x180 /* 0600 */);
         if (fd < 0)
             throw BlockErrors.FromErrno(fd, path, "create");
+        // A pool's files hold every guest's disk: owner only, exactly, whatever the umask.
+        if (!OperatingSystem.IsWindows())
+            File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         int r = preallocate && length > 0 ? Libc.Fallocate(fd, 0, 0, length) : Libc.Ftruncate(fd, length);
         Libc.Close(fd);
         if (r < 0)

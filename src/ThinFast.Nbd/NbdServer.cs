@@ -184,6 +184,10 @@ public sealed class NbdServer : IAsyncDisposable
         try
         {
             socket.Bind(new UnixDomainSocketEndPoint(path));
+            // Owner only, whatever the umask, and before anyone can connect: the socket reads and
+            // writes every exported volume.
+            if (!OperatingSystem.IsWindows())
+                File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
             socket.Listen(128);
         }
         catch

@@ -1,0 +1,100 @@
+using System.Security.Cryptography;
+
+namespace ThinFast.Cli.Tests;
+
+/// <summary>The mistakes operators make: a path given to the wrong option, a pool whose manifest
+/// went missing, a base image that is the pool itself, a careless umask. None of them may cost a
+/// byte of a pool, or let another user read it.</summary>
+public sealed class OperatorSafetyTests
+{
+    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+
+    private static string Digest(string path) => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(path)));
+
+    private static void AssertPoolClean(string dir)
+    {
+        var check = Cli.Run("pool", "check", dir);
+        Assert.True(check.ExitCode == 0, check.ToString());
+    }
+
+    [Fact]
+    public void ServeNeverRemovesASocketPathThatIsNotASocket()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        string metadata = Path.Combine(dir, "metadata");
+        string before = Digest(metadata);
+        var r = Cli.Run("serve", dir, "--socket", metadata);
+        Cli.AssertServeError(r, "is not a socket");
+        Assert.True(File.Exists(metadata), "serve removed the pool's metadata");
+        Assert.Equal(before, Digest(metadata));
+        AssertPoolClean(dir);
+    }
+
+    [Fact]
+    public void ServeNeverWritesItsPidOverAPoolFileOrAnyOtherFile()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        string manifest = Path.Combine(dir, "pool.json");
+        string before = Digest(manifest);
+        Cli.AssertServeError(Cli.Run("serve", dir, "--socket", t["s.sock"], "--pid-file", manifest), "pool's pool.json");
+        Assert.Equal(before, Digest(manifest));
+
+        string notes = t["notes.txt"];
+        File.WriteAllText(notes, "an operator's notes\n");
+        Cli.AssertServeError(Cli.Run("serve", dir, "--socket", t["s.sock"], "--pid-file", notes), "is not a pid file");
+        Assert.Equal("an operator's notes\n", File.ReadAllText(notes));
+        AssertPoolClean(dir);
+    }
+
+    [Fact]
+    public void PoolCreateOverAPoolWhoseManifestIsMissingRefusesAndKeepsItsMetadata()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        Assert.Equal(0, Cli.Run("volume", "create", dir, "vm2", "--size", "4M").ExitCode);
+        string metadata = Path.Combine(dir, "metadata");
+        string before = Digest(metadata);
+        File.Delete(Path.Combine(dir, "pool.json"));
+        var r = Cli.Run("pool", "create", dir, "--data-size", "128M");
+        Cli.AssertOneLineError(r, 1, "already holds dm-thin metadata");
+        Assert.Equal(before, Digest(metadata));
+        Assert.False(File.Exists(Path.Combine(dir, "pool.json")), "a refused create left a manifest behind");
+    }
+
+    [Fact]
+    public void AVolumeOverThePoolsOwnDataOrMetadataIsRefused()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        File.CreateSymbolicLink(t["base.img"], Path.Combine(dir, "data"));
+        foreach (var (origin, what) in new[] { (Path.Combine(dir, "data"), "own data"), (Path.Combine(dir, "metadata"), "own metadata"), (t["base.img"], "own data") })
+        {
+            var r = Cli.Run("volume", "create", dir, "peek", "--origin", origin);
+            Cli.AssertOneLineError(r, 1, what);
+        }
+        var list = Cli.Run("volume", "list", dir);
+        Assert.DoesNotContain("peek", list.Stdout);
+    }
+
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void PoolFilesAndTheSocketAreTheOwnersOnlyWhateverTheUmask()
+    {
+        using var t = new TempDir();
+        string dir = t["p"];
+        var create = Cli.Tool("/bin/sh", ["-c", $"umask 000 && '{Cli.Exe}' pool create '{dir}' --data-size 128M && '{Cli.Exe}' volume create '{dir}' vm --size 4M"]);
+        Assert.True(create.ExitCode == 0, create.ToString());
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(dir));
+        foreach (string name in new[] { "metadata", "data", "pool.json", "pool.json.lock" })
+        {
+            var mode = File.GetUnixFileMode(Path.Combine(dir, name));
+            Assert.True(mode == OwnerOnly, $"{name} is {mode}, not owner read/write only");
+        }
+
+        string socket = t["nbd.sock"];
+        using var server = new ServeTests.Server("serve", dir, "--socket", socket);
+        Assert.Equal(OwnerOnly, File.GetUnixFileMode(socket));
+    }
+}
