@@ -94,7 +94,7 @@ internal sealed partial class NbdConnection
     {
         // The old-style reply has no way to say "unknown export": closing is the only answer.
         var export = _server.FindExport(Encoding.UTF8.GetString(data))
-            ?? throw new NbdProtocolException($"EXPORT_NAME for unknown export '{Encoding.UTF8.GetString(data)}'");
+            ?? throw new NbdProtocolException($"EXPORT_NAME for unknown export '{ClientText.ForLog(data)}'");
         var reply = new byte[_noZeroes ? 10 : 134];
         BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)export.Volume.Size);
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags(export));
@@ -151,7 +151,7 @@ internal sealed partial class NbdConnection
         var export = _server.FindExport(name);
         if (export is null)
         {
-            await SendOptionReplyAsync(option, NbdOptionReply.ErrUnknown, Utf8($"export '{name}' not present")).ConfigureAwait(false);
+            await SendOptionReplyAsync(option, NbdOptionReply.ErrUnknown, Utf8($"export '{ClientText.ForLog(name)}' not present")).ConfigureAwait(false);
             return false;
         }
         bool wantName = false, wantDescription = false;
@@ -209,7 +209,7 @@ internal sealed partial class NbdConnection
         }
         if (export is null)
         {
-            await SendOptionReplyAsync(option, NbdOptionReply.ErrUnknown, Utf8($"export '{exportName}' not present")).ConfigureAwait(false);
+            await SendOptionReplyAsync(option, NbdOptionReply.ErrUnknown, Utf8($"export '{ClientText.ForLog(exportName)}' not present")).ConfigureAwait(false);
             return;
         }
         bool matches = set
