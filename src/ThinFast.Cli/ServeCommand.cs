@@ -88,7 +88,8 @@ internal static class ServeCommand
         }
         if (!int.TryParse(port, out int p) || p < 0 || p > 65535)
             throw new UsageException($"--tcp '{text}': port must be 0-65535");
-        if (!IPAddress.TryParse(host.Length == 0 ? "0.0.0.0" : host, out var address))
+        // A bare port and ":PORT" mean loopback: every address only when asked for by name.
+        if (!IPAddress.TryParse(host.Length == 0 ? "127.0.0.1" : host, out var address))
             throw new UsageException($"--tcp '{text}': '{host}' is not an IP address");
         return new IPEndPoint(address, p);
     }
@@ -157,6 +158,8 @@ internal static class ServeCommand
                 }
                 if (tcp is not null)
                 {
+                    if (!IPAddress.IsLoopback(tcp.Address))
+                        Log($"warning: serving NBD on {tcp.Address}, not loopback, without TLS: anyone who can reach it can read and write the exported volumes");
                     try
                     {
                         running.TcpEndpoint = server.ListenTcp(tcp);

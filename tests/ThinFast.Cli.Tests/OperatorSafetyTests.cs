@@ -97,4 +97,18 @@ public sealed class OperatorSafetyTests
         using var server = new ServeTests.Server("serve", dir, "--socket", socket);
         Assert.Equal(OwnerOnly, File.GetUnixFileMode(socket));
     }
+
+    [Fact]
+    public void TcpWithoutAnAddressListensOnLoopbackOnlyAndEveryAddressIsWarnedAbout()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        using (var server = new ServeTests.Server("serve", dir, "--socket", t["a.sock"], "--tcp", ":0"))
+        {
+            Assert.Contains("tcp:127.0.0.1:", server.ReadyLine);
+            Assert.DoesNotContain("not loopback", server.Log);
+        }
+        using (var server = new ServeTests.Server("serve", dir, "--socket", t["b.sock"], "--tcp", "0.0.0.0:0"))
+            Assert.Contains("warning: serving NBD on 0.0.0.0, not loopback, without TLS", server.Log);
+    }
 }
