@@ -44,6 +44,10 @@ public sealed partial class ThinPool
             // Blocks whose discard is in flight are free as soon as it completes: wait for them
             // rather than report a full pool that a TRIM and a FLUSH have just emptied.
             bool spaceComing = PassdownsInFlight;
+            // A passdown releases its blocks before it leaves the queue: one that finished since
+            // the attempt above has left them allocatable.
+            if (!spaceComing && TryAllocate(out block))
+                return block;
             if (!spaceComing)
             {
                 SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
