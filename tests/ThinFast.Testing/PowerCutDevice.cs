@@ -197,9 +197,8 @@ public sealed class PowerCutDevice : IBlockDevice
     {
         if (_rail.IsCut)
             throw Unavailable();
-        if (!_rail.CountOperation())
+        if (!_rail.CountOperation($"{kind} on {Name}"))
             return;
-        _rail.CutOperation = $"{kind} on {Name}";
         _rail.OnCut?.Invoke();
         foreach (var device in _rail.Devices)
             device.LoseVolatileState(_rail.Random, _rail.PendingWritesSurvive);
@@ -251,10 +250,21 @@ public sealed class PowerRail
 
     public int Seed { get; set; } = 1;
 
-    public bool IsCut { get; private set; }
+    private bool _isCut;
+    private string? _cutOperation;
+
+    /// <summary>Read under the rail's lock: the cut may come from any thread (a commit, a discard
+    /// passdown) while the test looks.</summary>
+    public bool IsCut
+    {
+        get { lock (Lock) return _isCut; }
+    }
 
     /// <summary>The operation the power failed in, e.g. "write on data".</summary>
-    public string? CutOperation { get; internal set; }
+    public string? CutOperation
+    {
+        get { lock (Lock) return _cutOperation; }
+    }
 
     /// <summary>Called at the cut, before anything is lost, on the thread of the failing operation
     /// and under the rail's lock: to record what else was in flight at that instant.</summary>
@@ -275,13 +285,15 @@ public sealed class PowerRail
             _devices.Add(device);
     }
 
-    /// <summary>Counts one operation; true when it is the one the power fails at.</summary>
-    internal bool CountOperation()
+    /// <summary>Counts one operation; true when it is the one the power fails at. Called under
+    /// <see cref="Lock"/>.</summary>
+    internal bool CountOperation(string operation)
     {
         _operations++;
         if (CutAfterOperations == 0 || _operations < CutAfterOperations)
             return false;
-        IsCut = true;
+        _cutOperation = operation;
+        _isCut = true;
         return true;
     }
 }
