@@ -41,6 +41,15 @@ internal sealed class OfflinePool : IDisposable
                 throw new PoolException($"metadata device {files.MetadataPath} does not exist");
             device = BlockDevices.Open(files.MetadataPath, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
             var metadata = ThinMetadata.Open(device);
+            try
+            {
+                manifest.CheckDevices(id => metadata.DeviceExists(id), files.ManifestPath);
+            }
+            catch
+            {
+                metadata.Dispose();
+                throw;
+            }
             return new OfflinePool(files, processLock, device, metadata, manifest);
         }
         catch

@@ -50,12 +50,51 @@ public sealed record PoolManifest
             throw new PoolException($"manifest {path} has unsupported version {manifest?.Version}");
         var names = new HashSet<string>();
         var ids = new HashSet<uint>();
+        var faults = new List<string>();
         foreach (var v in manifest.Volumes)
         {
             if (!names.Add(v.Name) || !ids.Add(v.DeviceId))
-                throw new PoolException($"manifest {path} names volume '{v.Name}' (dev {v.DeviceId}) twice");
+                throw new PoolException($"manifest {path} names volume '{Shown(v.Name)}' (dev {v.DeviceId}) twice");
+            if (NameProblem(v.Name) is { } nameProblem)
+                faults.Add(nameProblem);
+            if (v.Size <= 0 || v.Size % 512 != 0 || v.Size > MaxVolumeSize)
+                faults.Add($"volume '{Shown(v.Name)}' has size {v.Size}, not a positive multiple of 512 up to {MaxVolumeSize}");
+            if (v.DeviceId > MaxDeviceId)
+                faults.Add($"volume '{Shown(v.Name)}' has dev {v.DeviceId}, above dm-thin's 24-bit device ids");
+            if (v.OriginSize is < 0)
+                faults.Add($"volume '{Shown(v.Name)}' has origin size {v.OriginSize}");
         }
+        if (faults.Count > 0)
+            throw new PoolException($"manifest {path} is damaged (edited by hand?): {string.Join("; ", faults)}");
         return manifest;
+    }
+
+    /// <summary>dm-thin's device ids are 24 bits.</summary>
+    public const uint MaxDeviceId = (1 << 24) - 1;
+
+    /// <summary>1 EiB: far beyond any disk, and far from overflowing byte arithmetic.</summary>
+    public const long MaxVolumeSize = 1L << 60;
+
+    /// <summary>Why a volume name is not allowed, or null. Names become NBD export names and
+    /// appear in paths and logs: letters, digits, '-', '_' and '.', not starting with '.'.</summary>
+    public static string? NameProblem(string name) =>
+        string.IsNullOrEmpty(name) || name.Length > 128 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')) || name[0] == '.'
+            ? $"volume name '{Shown(name)}' must be 1-128 characters of letters, digits, '-', '_' and '.', not starting with '.'"
+            : null;
+
+    // A name from a hand-edited file, fit for one line of a message.
+    private static string Shown(string name)
+    {
+        string printable = new(name.Select(c => char.IsControl(c) ? '?' : c).Take(64).ToArray());
+        return name.Length > 64 ? printable + "..." : printable;
+    }
+
+    /// <summary>Refuses a manifest that names a device the metadata does not have.</summary>
+    public void CheckDevices(Func<uint, bool> deviceExists, string manifestPath)
+    {
+        var missing = Volumes.Where(v => !deviceExists(v.DeviceId)).Select(v => $"'{Shown(v.Name)}' as dev {v.DeviceId}").ToList();
+        if (missing.Count > 0)
+            throw new PoolException($"manifest {manifestPath} names volume {string.Join(", ", missing)}, which the metadata does not have");
     }
 
     public void Save(string path)

@@ -106,11 +106,7 @@ public sealed partial class ThinPool : IDisposable
         var metadata = ThinMetadata.Open(devices.Metadata);
         try
         {
-            foreach (var v in manifest.Volumes)
-            {
-                if (!metadata.DeviceExists(v.DeviceId))
-                    throw new PoolException($"manifest names volume '{v.Name}' as dev {v.DeviceId}, which the metadata does not have");
-            }
+            manifest.CheckDevices(id => metadata.DeviceExists(id), devices.ManifestPath);
             ulong dataBlocks = (ulong)(devices.Data.Length / ((long)metadata.DataBlockSizeSectors * 512));
             if (dataBlocks < metadata.DataBlockCount)
                 throw new PoolException($"data device {devices.Data.Name} holds {dataBlocks} blocks but the metadata maps {metadata.DataBlockCount}: wrong or truncated data device");
@@ -413,8 +409,8 @@ public sealed partial class ThinPool : IDisposable
 
     private static void ValidateName(string name)
     {
-        if (string.IsNullOrEmpty(name) || name.Length > 128 || name.Any(c => !(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')) || name[0] == '.')
-            throw new PoolException($"volume name '{name}' must be 1-128 characters of letters, digits, '-', '_' and '.', not starting with '.'");
+        if (PoolManifest.NameProblem(name) is { } problem)
+            throw new PoolException(problem);
     }
 
     // ---- Metadata access ----

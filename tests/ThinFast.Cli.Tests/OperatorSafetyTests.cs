@@ -111,4 +111,39 @@ public sealed class OperatorSafetyTests
         using (var server = new ServeTests.Server("serve", dir, "--socket", t["b.sock"], "--tcp", "0.0.0.0:0"))
             Assert.Contains("warning: serving NBD on 0.0.0.0, not loopback, without TLS", server.Log);
     }
+
+    [Fact]
+    public void AHandEditedManifestIsRefusedWithOneClearLineNotAStackTrace()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        string manifest = Path.Combine(dir, "pool.json");
+        string good = File.ReadAllText(manifest);
+
+        // A device id the metadata lacks: before, volume list died with a stack trace (exit 134).
+        File.WriteAllText(manifest, good.Replace("\"device_id\": 1", "\"device_id\": 7"));
+        foreach (var command in new[] { new[] { "volume", "list", dir }, new[] { "serve", dir, "--socket", t["s.sock"] } })
+        {
+            var r = Cli.Run(command);
+            Assert.True(r.ExitCode == 1, r.ToString());
+            Assert.Contains("names volume 'vm' as dev 7, which the metadata does not have", r.Stderr);
+            Assert.DoesNotContain("   at ", r.Stderr);
+        }
+
+        // Sizes and names no volume can have: before, they were served.
+        foreach (var (edit, expected) in new[]
+        {
+            (good.Replace("\"size\": 16777216", "\"size\": -4096"), "has size -4096"),
+            (good.Replace("\"size\": 16777216", "\"size\": 0"), "has size 0"),
+            (good.Replace("\"size\": 16777216", "\"size\": 9223372036854775807"), "has size 9223372036854775807"),
+            (good.Replace("\"name\": \"vm\"", "\"name\": \"../../etc/x\""), "volume name '../../etc/x' must be"),
+        })
+        {
+            File.WriteAllText(manifest, edit);
+            Cli.AssertOneLineError(Cli.Run("volume", "list", dir), 1, expected);
+            Cli.AssertServeError(Cli.Run("serve", dir, "--socket", t["s.sock"]), expected);
+        }
+        File.WriteAllText(manifest, good);
+        Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
+    }
 }
