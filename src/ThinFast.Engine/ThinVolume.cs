@@ -69,7 +69,6 @@ public sealed partial class ThinVolume : IBlockVolume
         Gate.Retire(reason);
     }
 
-    // Called when a write completes, before it is acknowledged.
     /// <summary>Takes over what <paramref name="predecessor"/> (the same volume, put back after a
     /// failed delete) knew about its durability: writes it may have lost stay lost.</summary>
     internal void InheritDurability(ThinVolume predecessor)
@@ -78,6 +77,7 @@ public sealed partial class ThinVolume : IBlockVolume
         _lostWrites = predecessor._lostWrites;
     }
 
+    // Called when a write completes, before it is acknowledged.
     private void MarkChanged() => Volatile.Write(ref _lastChange, _pool.FlushGeneration);
 
     internal bool MarkLostIfChangedSince(long durableBefore, string why)
@@ -118,13 +118,9 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive: false);
-            if (acquire.IsCompletedSuccessfully)
-                acquire.GetAwaiter().GetResult();
-            else
+            if (!TryTakeBlockLockNow(stripe, exclusive: false, out var lockWait))
             {
-                Gate.Park();
-                await acquire;
+                await lockWait;
                 await ResumeAfterLockWaitAsync(stripe, exclusive: false);
             }
             try
@@ -287,13 +283,9 @@ public sealed partial class ThinVolume : IBlockVolume
         {
             ulong block = (ulong)(offset / _blockSize);
             int stripe = BlockLockTable.StripeOf(DeviceId, block);
-            var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive: true);
-            if (acquire.IsCompletedSuccessfully)
-                acquire.GetAwaiter().GetResult();
-            else
+            if (!TryTakeBlockLockNow(stripe, exclusive: true, out var lockWait))
             {
-                Gate.Park();
-                await acquire;
+                await lockWait;
                 await ResumeAfterLockWaitAsync(stripe, exclusive: true);
             }
             try
@@ -359,9 +351,9 @@ public sealed partial class ThinVolume : IBlockVolume
     }
 
     /// <summary>Writes inside one locked block.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     /// <param name="mayWaitForSpace">False for FAST_ZERO: a full pool answers "not supported"
     /// at once instead of queueing the request.</param>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteBlockAsync(ulong block, int inBlock, ReadOnlyMemory<byte> data, bool mayWaitForSpace = true)
     {
         bool mapped = _pool.TryLookup(DeviceId, block, out var mapping);
@@ -748,13 +740,9 @@ public sealed partial class ThinVolume : IBlockVolume
             for (; held < wrap + head; held++)
             {
                 int stripe = held < wrap ? held : start + held - wrap;
-                var acquire = _pool.BlockLocks.AcquireAsync(stripe, exclusive);
-                if (acquire.IsCompletedSuccessfully)
-                    acquire.GetAwaiter().GetResult();
-                else
+                if (!TryTakeBlockLockNow(stripe, exclusive, out var lockWait))
                 {
-                    Gate.Park();
-                    await acquire;
+                    await lockWait;
                     await ResumeAfterLockWaitAsync(stripe, exclusive);
                 }
             }
@@ -768,10 +756,24 @@ public sealed partial class ThinVolume : IBlockVolume
         }
     }
 
-    // Taking a block lock, inline in each caller's state machine (a helper async method would
-    // allocate a box whenever a lock is contended): a request that has to wait is parked
-    // meanwhile (the holder may be queued for space for minutes, and this request has looked
-    // nothing up yet), so snapshots and deletes do not wait for it.
+    // Taking a block lock: the wait, when there is one, is awaited in the caller's own state
+    // machine (a helper async method would allocate a box whenever a lock is contended). A request
+    // that has to wait is parked meanwhile (the holder may be queued for space for minutes, and
+    // this request has looked nothing up yet), so snapshots and deletes do not wait for it.
+
+    /// <summary>Takes the stripe now, or parks the request and returns the wait for it in
+    /// <paramref name="wait"/>; after awaiting that, call <see cref="ResumeAfterLockWaitAsync"/>.</summary>
+    private bool TryTakeBlockLockNow(int stripe, bool exclusive, out ValueTask wait)
+    {
+        wait = _pool.BlockLocks.AcquireAsync(stripe, exclusive);
+        if (wait.IsCompletedSuccessfully)
+        {
+            wait.GetAwaiter().GetResult();
+            return true;
+        }
+        Gate.Park();
+        return false;
+    }
 
     /// <summary>After a parked wait for a block lock: goes on only through an open gate. Fails,
     /// holding nothing, when the volume was deleted meanwhile.</summary>
