@@ -17,7 +17,6 @@ public sealed partial class ThinPool
 {
     private long _flushGeneration;
     private long _durableThrough;
-    private volatile ThinVolume[] _volumeList = [];
     private volatile Dictionary<string, ThinVolume> _volumesByName = new(StringComparer.Ordinal);
     private volatile string? _needsCheckUnrecorded;
     // Devices whose mappings changed in the open transaction, kept under the metadata write lock:
@@ -52,7 +51,7 @@ public sealed partial class ThinPool
     private void DurabilityLost(long durableBefore, string why)
     {
         int lost = 0;
-        foreach (var volume in _volumeList)
+        foreach (var volume in _volumesByName.Values)
         {
             if (volume.MarkLostIfChangedSince(durableBefore, why))
                 lost++;
@@ -68,7 +67,7 @@ public sealed partial class ThinPool
     private void MarkTransactionLostLocked(string why)
     {
         int lost = 0;
-        foreach (var volume in _volumeList)
+        foreach (var volume in _volumesByName.Values)
         {
             if (_changedInTransaction.Contains(volume.DeviceId) && volume.MarkLostIfChangedSince(long.MinValue, why))
                 lost++;
@@ -150,12 +149,9 @@ public sealed partial class ThinPool
         }
     }
 
-    /// <summary>Publishes the volume table for readers that must not take the admin lock:
-    /// lookups by name and the walks over every volume. Called under the admin lock after every
+    /// <summary>Publishes a copy of the volume table for readers that must not take the admin
+    /// lock: lookups by name and the walks over every volume. Called under the admin lock after every
     /// change to <see cref="_volumes"/>.</summary>
-    private void PublishVolumes()
-    {
-        _volumeList = _volumes.Values.ToArray();
+    private void PublishVolumes() =>
         _volumesByName = new Dictionary<string, ThinVolume>(_volumes, StringComparer.Ordinal);
-    }
 }

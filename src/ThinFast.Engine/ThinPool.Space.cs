@@ -43,18 +43,17 @@ public sealed partial class ThinPool
             }
             // Blocks whose discard is in flight are free as soon as it completes: wait for them
             // rather than report a full pool that a TRIM and a FLUSH have just emptied.
-            bool spaceComing = PassdownsInFlight;
-            // A passdown releases its blocks before it leaves the queue: one that finished since
-            // the attempt above has left them allocatable.
-            if (!spaceComing && TryAllocate(out block))
-                return block;
-            if (!spaceComing)
+            if (!PassdownsInFlight)
             {
+                // A passdown releases its blocks before it leaves the queue: one that finished
+                // since the attempt above has left them allocatable.
+                if (TryAllocate(out block))
+                    return block;
                 SetMode(PoolMode.OutOfDataSpace, "no free data blocks");
-                if (Options.ErrorIfNoSpace || _noSpaceTimedOut || _closing)
+                if (Options.ErrorIfNoSpace || _noSpaceTimedOut)
                     throw NoSpace();
             }
-            else if (_closing)
+            if (_closing)
                 throw NoSpace();
             gate.Park();
             try

@@ -458,17 +458,7 @@ public sealed partial class ThinPool : IDisposable
     /// lambda: a capturing one would allocate on every provisioning write.</summary>
     private void MutateMetadata<TState>(TState state, Action<ThinMetadata, TState> mutation)
     {
-        _metadataLock.EnterWriteLock();
-        try
-        {
-            // Outside the abort handler below: a refused change is no metadata failure.
-            ThrowIfMetadataFrozenLocked();
-        }
-        catch
-        {
-            _metadataLock.ExitWriteLock();
-            throw;
-        }
+        EnterWriteLockForMappingChange();
         try
         {
             mutation(_metadata, state);
@@ -492,13 +482,20 @@ public sealed partial class ThinPool : IDisposable
         e is PoolException or ArgumentException or KeyNotFoundException
         || (e is InvalidOperationException && e is not MetadataSpaceExhaustedException);
 
-    /// <summary>Read-only and fail modes commit nothing, so nothing may change in memory either: a
-    /// change would be visible until the restart and then silently gone, and a FLUSH in between
-    /// would report it durable. Called with the metadata lock held exclusively.</summary>
-    private void ThrowIfMetadataFrozenLocked()
+    /// <summary>Takes the metadata lock exclusively for a mapping change, or refuses: read-only
+    /// and fail modes commit nothing, so nothing may change in memory either (a change would be
+    /// visible until the restart and then silently gone, and a FLUSH in between would report it
+    /// durable). A refusal is no metadata failure, so it happens before the callers' abort
+    /// handlers, with the lock given back.</summary>
+    private void EnterWriteLockForMappingChange()
     {
+        _metadataLock.EnterWriteLock();
         if (_mode is PoolMode.ReadOnly or PoolMode.Fail)
-            throw new BlockDeviceException(BlockError.IoError, $"pool is {(_mode == PoolMode.Fail ? "in fail mode" : "read-only")}: no mapping can change (see pool status and the log)");
+        {
+            var mode = _mode;
+            _metadataLock.ExitWriteLock();
+            throw new BlockDeviceException(BlockError.IoError, $"pool is {(mode == PoolMode.Fail ? "in fail mode" : "read-only")}: no mapping can change (see pool status and the log)");
+        }
     }
 
     internal void InsertMapping(uint deviceId, ulong virtualBlock, ulong dataBlock) =>
@@ -514,16 +511,7 @@ public sealed partial class ThinPool : IDisposable
     internal void UnmapRange(uint deviceId, ulong first, ulong end)
     {
         Span<MappedRange> runs = stackalloc MappedRange[64];
-        _metadataLock.EnterWriteLock();
-        try
-        {
-            ThrowIfMetadataFrozenLocked();
-        }
-        catch
-        {
-            _metadataLock.ExitWriteLock();
-            throw;
-        }
+        EnterWriteLockForMappingChange();
         try
         {
             ulong cursor = first;
@@ -662,10 +650,10 @@ public sealed partial class ThinPool : IDisposable
         // Writes queued for space fail first: the drain below would otherwise wait for them.
         _closing = true;
         var closed = new BlockDeviceException(BlockError.Unavailable, "pool is closing");
-        foreach (var v in _volumeList)
+        foreach (var v in _volumesByName.Values)
             v.Retire("the pool is closed");
         FailSpaceWaiters(closed);
-        foreach (var v in _volumeList)
+        foreach (var v in _volumesByName.Values)
         {
             if (!v.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))
                 Log($"closing: requests on '{v.Name}' still in flight after {Options.AdminDrainTimeout.TotalSeconds:0} s");
@@ -683,7 +671,7 @@ public sealed partial class ThinPool : IDisposable
             }
         }
         StopPassdownThread();
-        foreach (var v in _volumeList)
+        foreach (var v in _volumesByName.Values)
             v.DisposeOrigin();
         _metadata.Dispose();
         _devices.Metadata.Dispose();
