@@ -106,7 +106,7 @@ public class ConcurrentCrashSweepTests
                         history.Complete(change);
                     }
                 }
-                catch (Exception e) when (Rail.IsCut && e is BlockDeviceException or PoolException)
+                catch (BlockDeviceException e) when (Rail.IsCut && e.Error is BlockError.Unavailable or BlockError.IoError)
                 {
                     return;
                 }

@@ -76,9 +76,14 @@ public class DeletedVolumeTests
         Assert.True(hold.Held.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
 
         // Deleting w now would free data block 0 to the next volume while the write still lands there.
+        ulong used = h.Pool.GetStatus().UsedDataBlocks;
         var e = Assert.Throws<PoolException>(() => h.Pool.DeleteVolume("w"));
         Assert.Contains("busy", e.Message);
         Assert.Contains(h.Pool.VolumeRecords, r => r.Name == "w");
+        // The refusal changed nothing: w's gate is open again and its blocks are all there.
+        var other = new byte[4096];
+        await w.ReadAsync(2L * B, other).AsTask().WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        Assert.Equal(used, h.Pool.GetStatus().UsedDataBlocks);
         hold.Release();
         await late.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
 

@@ -242,6 +242,10 @@ public class PoolFilesTests
             var v = pool.CreateVolume("vm", 8L * B, basePath);
             var extents = new VolumeExtent[8];
             int n = v.GetExtents(0, v.Size, extents);
+            Assert.True(n > 0, "no extents");
+            for (int i = 0; i < n; i++)
+                Assert.Equal(i == 0 ? 0 : extents[i - 1].Offset + extents[i - 1].Length, extents[i].Offset);
+            Assert.Equal(v.Size, extents[n - 1].Offset + extents[n - 1].Length);
             var bad = extents[..n].Where(e => e.Length % 512 != 0 || e.Offset % 512 != 0).ToList();
             Assert.True(bad.Count == 0, "extents not on sector boundaries: " + string.Join(", ", bad.Select(e => $"[{e.Offset}, +{e.Length}) {e.Flags}")));
         }
