@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
+using ThinFast.Engine;
 using ThinFast.IO;
 using ThinFast.Metadata;
 
@@ -58,15 +59,17 @@ public sealed class MetadataCheck : IDisposable
             _deviceBlocks = (ulong)device.Length / Bs;
     }
 
-    public static CheckReport Run(string metadataPath, Action<string>? progress)
+    /// <param name="dataPath">The pool's data device, when known (a pool directory was named):
+    /// it must hold every block the data space map counts.</param>
+    public static CheckReport Run(string metadataPath, Action<string>? progress, string? dataPath = null)
     {
         using var check = new MetadataCheck(metadataPath, progress);
-        return check.RunCore();
+        return check.RunCore(dataPath);
     }
 
     public void Dispose() => _file.Dispose();
 
-    private CheckReport RunCore()
+    private CheckReport RunCore(string? dataPath)
     {
         int devices = 0;
         _progress?.Invoke("checking superblock");
@@ -76,6 +79,8 @@ public sealed class MetadataCheck : IDisposable
             _sb = sb;
             _nrBlocks = sb.MetadataNrBlocks;
             _dataNrBlocks = sb.DataSpaceMap.NrBlocks;
+            if (dataPath is not null)
+                CheckDataDevice(dataPath, sb);
             _progress?.Invoke("recounting references");
             Count(0);
             devices = CountSuperblockTrees(sb);
@@ -91,6 +96,18 @@ public sealed class MetadataCheck : IDisposable
                 CompareWithSpaceMaps();
         }
         return new CheckReport(_errors.Count == 0, _errors, devices, _mappings, (ulong)_metaCounts.Count, (ulong)_dataCounts.Count, _leakedDataBlocks);
+    }
+
+    private void CheckDataDevice(string dataPath, Superblock sb)
+    {
+        if (!File.Exists(dataPath))
+        {
+            _errors.Add($"data device {dataPath} does not exist");
+            return;
+        }
+        using var data = BlockDevices.Open(dataPath, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
+        if (ThinPool.DataDeviceShortfall(dataPath, data.Length, sb.DataBlockSize, sb.DataSpaceMap.NrBlocks) is { } shortfall)
+            _errors.Add(shortfall);
     }
 
     private Superblock? ReadSuperblock(ulong block, bool live)

@@ -44,6 +44,7 @@ internal sealed class OfflinePool : IDisposable
             try
             {
                 manifest.CheckDevices(id => metadata.DeviceExists(id), files.ManifestPath);
+                ThrowIfDataShort(files.DataPath, metadata);
             }
             catch
             {
@@ -60,6 +61,17 @@ internal sealed class OfflinePool : IDisposable
         }
     }
 
+    // The engine refuses to open such a pool; the offline commands must not list or describe it
+    // as if it were whole.
+    private static void ThrowIfDataShort(string dataPath, ThinMetadata metadata)
+    {
+        if (!File.Exists(dataPath))
+            throw new PoolException($"data device {dataPath} does not exist");
+        using var data = BlockDevices.Open(dataPath, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
+        if (ThinPool.DataDeviceShortfall(dataPath, data.Length, metadata.DataBlockSizeSectors, metadata.DataBlockCount) is { } shortfall)
+            throw new PoolException(shortfall);
+    }
+
     public void Dispose()
     {
         Metadata.Dispose();
@@ -74,15 +86,18 @@ internal sealed class MetadataLocation : IDisposable
 {
     private readonly FileStream? _lock;
 
-    private MetadataLocation(string metadataPath, FileStream? processLock, PoolManifest? manifest)
+    private MetadataLocation(string metadataPath, FileStream? processLock, PoolManifest? manifest, string? dataPath = null)
     {
         MetadataPath = metadataPath;
+        DataPath = dataPath;
         _lock = processLock;
         Manifest = manifest;
     }
 
     public string MetadataPath { get; }
     public PoolManifest? Manifest { get; }
+    /// <summary>The pool's data device when a pool directory was named; null for bare metadata.</summary>
+    public string? DataPath { get; }
 
     public static MetadataLocation Resolve(string target)
     {
@@ -94,7 +109,7 @@ internal sealed class MetadataLocation : IDisposable
             var processLock = files.TakeProcessLock();
             try
             {
-                return new MetadataLocation(files.MetadataPath, processLock, PoolManifest.Load(files.ManifestPath));
+                return new MetadataLocation(files.MetadataPath, processLock, PoolManifest.Load(files.ManifestPath), files.DataPath);
             }
             catch
             {

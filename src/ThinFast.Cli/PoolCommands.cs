@@ -254,7 +254,8 @@ internal static class PoolCommands
 
         Checks dm-thin metadata like thin_check (superblock, every B-tree node, space maps) and
         recounts every reference: each metadata and data block's count from the trees is compared
-        with the space maps, and each device's mapped_blocks with its tree. Prints what is wrong.
+        with the space maps, and each device's mapped_blocks with its tree. Given DIR, also checks
+        that the data device holds every block the data space map counts. Prints what is wrong.
         Leaked data blocks (counted by the space map, mapped by nothing: a crash of the kernel's
         dm-thin leaves them) are reported apart: they waste space, expose nothing, and the next
         open of the pool reclaims them.
@@ -272,7 +273,7 @@ internal static class PoolCommands
         string target = a.Positional(0, "pool directory or metadata path");
         a.ExpectPositionals(1);
         using var location = MetadataLocation.Resolve(target);
-        var report = MetadataCheck.Run(location.MetadataPath, Program.Progress);
+        var report = MetadataCheck.Run(location.MetadataPath, Program.Progress, location.DataPath);
         if (report.Clean && a.Flag("--clear-needs-check"))
             report = report with { NeedsCheckCleared = ClearNeedsCheck(location.MetadataPath) };
         if (a.Flag("--json"))

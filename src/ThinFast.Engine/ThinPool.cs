@@ -98,6 +98,18 @@ public sealed partial class ThinPool : IDisposable
         return new ThinPool(devices, options, metadata, manifest);
     }
 
+    /// <summary>Why a data device of <paramref name="length"/> bytes cannot back metadata whose
+    /// space map counts <paramref name="spaceMapBlocks"/> blocks (null when it can): a truncated or
+    /// wrong data file would read zeros, or fail, for blocks the mappings say hold a guest's data.
+    /// Shared with the offline commands, which must not call such a pool clean.</summary>
+    public static string? DataDeviceShortfall(string name, long length, uint blockSizeSectors, ulong spaceMapBlocks)
+    {
+        ulong blocks = (ulong)(length / ((long)blockSizeSectors * 512));
+        return blocks < spaceMapBlocks
+            ? $"data device {name} holds {blocks} blocks ({length} bytes) but the metadata's space map counts {spaceMapBlocks}: wrong or truncated data device"
+            : null;
+    }
+
     /// <summary>Opens an existing pool. Volumes whose origin is missing or changed are reported
     /// by <see cref="GetVolume"/> with the reason; the others serve normally.</summary>
     public static ThinPool Open(PoolDevices devices, PoolOptions options)
@@ -107,9 +119,8 @@ public sealed partial class ThinPool : IDisposable
         try
         {
             manifest.CheckDevices(id => metadata.DeviceExists(id), devices.ManifestPath);
-            ulong dataBlocks = (ulong)(devices.Data.Length / ((long)metadata.DataBlockSizeSectors * 512));
-            if (dataBlocks < metadata.DataBlockCount)
-                throw new PoolException($"data device {devices.Data.Name} holds {dataBlocks} blocks but the metadata maps {metadata.DataBlockCount}: wrong or truncated data device");
+            if (DataDeviceShortfall(devices.Data.Name, devices.Data.Length, metadata.DataBlockSizeSectors, metadata.DataBlockCount) is { } shortfall)
+                throw new PoolException(shortfall);
             if (!metadata.NeedsCheck)
                 ReclaimLeakedBlocks(metadata, options);
             var pool = new ThinPool(devices, options with { BlockSize = checked((int)(metadata.DataBlockSizeSectors * 512)) }, metadata, manifest);

@@ -146,4 +146,29 @@ public sealed class OperatorSafetyTests
         File.WriteAllText(manifest, good);
         Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
     }
+    [Fact]
+    public void APoolWhoseDataFileWasTruncatedIsNeverCalledClean()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "vm");
+        string data = Path.Combine(dir, "data");
+        foreach (long length in new[] { 0L, 64L << 20 })
+        {
+            using (var f = File.OpenHandle(data, FileMode.Open, FileAccess.ReadWrite))
+                RandomAccess.SetLength(f, length);
+            var check = Cli.Run("pool", "check", dir);
+            Assert.True(check.ExitCode == 1, check.ToString());
+            Assert.Contains("wrong or truncated data device", check.Stdout);
+            Assert.DoesNotContain("clean", check.Stdout);
+            var json = Cli.Run("pool", "check", dir, "--json");
+            Assert.Equal(1, json.ExitCode);
+            Assert.Contains("\"Clean\":false", json.Stdout.Replace(" ", ""), StringComparison.OrdinalIgnoreCase);
+            Cli.AssertOneLineError(Cli.Run("volume", "list", dir), 1, "wrong or truncated data device");
+            Cli.AssertOneLineError(Cli.Run("pool", "info", dir), 1, "wrong or truncated data device");
+        }
+        using (var f = File.OpenHandle(data, FileMode.Open, FileAccess.ReadWrite))
+            RandomAccess.SetLength(f, 128L << 20);
+        AssertPoolClean(dir);
+        Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
+    }
 }
