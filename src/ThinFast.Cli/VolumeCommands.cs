@@ -32,7 +32,7 @@ internal static class VolumeCommands
             : throw new UsageException("--size is required (or --origin to take the origin's size)");
         if (size % 512 != 0)
             throw new UsageException($"--size {size} must be a multiple of 512 bytes");
-        using var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), new PoolOptions());
+        using var pool = ThinPool.OpenFiles(PoolFiles.InFolder(dir), new PoolOptions { Log = message => Console.Error.WriteLine($"thinfast: {message}") });
         var volume = pool.CreateVolume(name, size, origin);
         Console.Out.WriteLine($"created volume {name}: {Sizes.Format(size)}{(origin is null ? "" : $" over origin {volume.OriginPath}")}");
         return Program.Ok;

@@ -366,6 +366,32 @@ public sealed partial class ThinPool : IDisposable
         }
     }
 
+    /// <summary>An origin other users can write is not refused (a shared base on a group-writable
+    /// share is a choice an operator may make), but it is said: whoever can write it changes, under
+    /// every guest on it, the blocks those guests never wrote, and can read nothing of the pool but
+    /// can make it serve anything.</summary>
+    private void WarnIfWritableByOthers(string path, string volumeName)
+    {
+        if (OperatingSystem.IsWindows())
+            return;
+        UnixFileMode mode;
+        try
+        {
+            mode = File.GetUnixFileMode(path);   // follows symlinks: the mode of what is read
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        // Block devices are group-writable by the disk group everywhere; that group is root's peer.
+        bool groupCounts = FileIdentity.Of(path) is not { IsBlockDevice: true };
+        string? who = (mode & UnixFileMode.OtherWrite) != 0 ? "every user"
+            : (mode & UnixFileMode.GroupWrite) != 0 && groupCounts ? "its group"
+            : null;
+        if (who is not null)
+            Log($"warning: origin {path} of volume '{volumeName}' is writable by {who} (mode {Convert.ToString((int)mode, 8).PadLeft(4, '0')}): a write to it changes what the volume reads wherever the volume never wrote; make it read-only (chmod go-w)");
+    }
+
     private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)
     {
         IBlockDevice origin;
@@ -397,6 +423,7 @@ public sealed partial class ThinPool : IDisposable
             origin.Dispose();
             throw new PoolException($"origin {path} is {origin.Length} bytes, not a multiple of 512");
         }
+        WarnIfWritableByOthers(path, volumeName);
         return origin;
     }
 

@@ -171,4 +171,29 @@ public sealed class OperatorSafetyTests
         AssertPoolClean(dir);
         Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
     }
+    [Fact]
+    [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
+    public void AnOriginOthersCanWriteIsWarnedAboutAtCreateAndAtEveryOpen()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t);
+        string origin = t["base.img"];
+        File.WriteAllBytes(origin, new byte[1 << 20]);
+        File.SetUnixFileMode(origin, OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        var quiet = Cli.Run("volume", "create", dir, "a", "--origin", origin);
+        Assert.True(quiet.ExitCode == 0, quiet.ToString());
+        Assert.DoesNotContain("warning", quiet.Stderr);
+
+        File.SetUnixFileMode(origin, OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.OtherRead | UnixFileMode.OtherWrite);
+        var created = Cli.Run("volume", "create", dir, "b", "--origin", origin);
+        Assert.True(created.ExitCode == 0, created.ToString());
+        Assert.Contains($"origin {origin} of volume 'b' is writable by every user (mode 0646)", created.Stderr);
+        // Opening the pool activates a and b on the same origin: both are named.
+        var opened = Cli.Run("volume", "create", dir, "c", "--size", "1M");
+        Assert.Contains("volume 'a' is writable by every user", opened.Stderr);
+        Assert.Contains("volume 'b' is writable by every user", opened.Stderr);
+
+        File.SetUnixFileMode(origin, OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+        Assert.Contains("is writable by its group (mode 0660)", Cli.Run("volume", "create", dir, "d", "--size", "1M").Stderr);
+    }
 }
