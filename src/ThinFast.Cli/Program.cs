@@ -39,6 +39,27 @@ public static partial class Program
         Exit status: 0 success, 1 error (a check that found damage included), 2 bad usage.
         """;
 
+    private const string PoolHelp = """
+        Usage: thinfast pool SUBCOMMAND DIR ...   (thinfast pool SUBCOMMAND --help for details)
+
+          create DIR    make a pool: metadata, data and pool.json (or over given devices)
+          info DIR      geometry, files, transaction id and volumes
+          status DIR    dm-thin's status line: usage, free space, mode, low-water
+          grow DIR      grow the data device and its space map
+          check DIR     thin_check's checks plus a full reference recount
+          dump DIR      the metadata as thin_dump's XML (or a human table)
+          restore DIR   metadata from thin_dump's XML, as thin_restore
+        """;
+
+    private const string VolumeHelp = """
+        Usage: thinfast volume SUBCOMMAND DIR ...   (thinfast volume SUBCOMMAND --help for details)
+
+          create DIR NAME      a thin volume, empty or over a read-only origin
+          snapshot DIR SRC NAME  an instant snapshot sharing every block of SRC
+          delete DIR NAME      delete a volume, freeing the blocks only it used
+          list DIR             the volumes, their sizes, origins and use
+        """;
+
     public static int Main(string[] argv)
     {
         try
@@ -61,7 +82,11 @@ public static partial class Program
         e is PoolException or BlockDeviceException or MetadataCorruptException or MetadataSpaceExhaustedException
             or ArgumentException or IOException or UnauthorizedAccessException or FormatException or XmlException or DemoException;
 
-    internal static string OneLine(Exception e) => e.Message.ReplaceLineEndings(" ");
+    // An ArgumentException's message ends in "(Parameter 'name')", a name from our code that
+    // means nothing to the user.
+    internal static string OneLine(Exception e) =>
+        (e is ArgumentException { ParamName: { } name } a ? a.Message.Replace($" (Parameter '{name}')", "", StringComparison.Ordinal) : e.Message)
+            .ReplaceLineEndings(" ");
 
     private static int Dispatch(string[] argv)
     {
@@ -93,8 +118,8 @@ public static partial class Program
                     "check" => PoolCommands.Check(rest[1..]),
                     "dump" => PoolCommands.Dump(rest[1..]),
                     "restore" => PoolCommands.Restore(rest[1..]),
-                    "-h" or "--help" => Help(MainHelp),
-                    _ => throw new UsageException($"unknown pool subcommand '{rest[0]}'"),
+                    "-h" or "--help" => Help(PoolHelp),
+                    _ => throw new UsageException($"unknown pool subcommand '{PoolManifest.Shown(rest[0])}'"),
                 };
             case "volume":
                 return rest.Length == 0 ? throw new UsageException("volume needs a subcommand: create, snapshot, delete, list") : rest[0] switch
@@ -103,15 +128,15 @@ public static partial class Program
                     "snapshot" => VolumeCommands.Snapshot(rest[1..]),
                     "delete" => VolumeCommands.Delete(rest[1..]),
                     "list" => VolumeCommands.List(rest[1..]),
-                    "-h" or "--help" => Help(MainHelp),
-                    _ => throw new UsageException($"unknown volume subcommand '{rest[0]}'"),
+                    "-h" or "--help" => Help(VolumeHelp),
+                    _ => throw new UsageException($"unknown volume subcommand '{PoolManifest.Shown(rest[0])}'"),
                 };
             case "serve":
                 return ServeCommand.Run(rest);
             case "demo":
                 return DemoCommand.Run(rest);
             default:
-                throw new UsageException($"unknown command '{argv[0]}'");
+                throw new UsageException($"unknown command '{PoolManifest.Shown(argv[0])}'");
         }
     }
 

@@ -62,7 +62,10 @@ internal static class ServeCommand
             MaxConnections = a.Value("--max-connections") is { } max ? ParseMaxConnections(max) : new NbdServerOptions().MaxConnections,
             IdleTimeout = a.Value("--idle-timeout") is { } idle ? ParseSeconds(idle, "--idle-timeout") : null,
         };
-        using var running = Running.Start(dir, options, a.Values("--volume"), a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend, nbd);
+        var names = a.Values("--volume");
+        if (names.GroupBy(n => n).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            throw new UsageException($"--volume {PoolManifest.Shown(twice.Key)} is given twice");
+        using var running = Running.Start(dir, options, names, a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend, nbd);
         running.WaitForSignal();
         return Program.Ok;
     }

@@ -33,6 +33,19 @@ public sealed record PoolManifest
     /// named by no volume at open was left by a crash and is reclaimed.</summary>
     public List<uint> PendingDeviceIds { get; init; } = new();
 
+    // The serializer's messages name .NET types ("could not be converted to
+    // System.Collections.Generic.List`1[...]"); an operator needs the place in the file and what
+    // kind of fault it is.
+    private static string Describe(JsonException e)
+    {
+        string fault = e.Message.Contains("could not be converted", StringComparison.Ordinal)
+            ? "a value of the wrong kind (a number, string, list or object where another is expected)"
+            : "malformed JSON";
+        string where = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "" : $" at {e.Path}";
+        string line = e.LineNumber is { } n ? $" (line {n + 1}, column {e.BytePositionInLine + 1})" : "";
+        return fault + where + line;
+    }
+
     public static PoolManifest Load(string path)
     {
         if (!File.Exists(path))
@@ -44,7 +57,7 @@ public sealed record PoolManifest
         }
         catch (JsonException e)
         {
-            throw new PoolException($"manifest {path} is not valid: {e.Message}");
+            throw new PoolException($"manifest {path} is not valid: {Describe(e)}");
         }
         if (manifest is null || manifest.Version != CurrentVersion)
             throw new PoolException($"manifest {path} has unsupported version {manifest?.Version}");
@@ -82,8 +95,9 @@ public sealed record PoolManifest
             ? $"volume name '{Shown(name)}' must be 1-128 characters of letters, digits, '-', '_' and '.', not starting with '.'"
             : null;
 
-    // A name from a hand-edited file, fit for one line of a message.
-    private static string Shown(string name)
+    /// <summary>Text from outside (a name in a hand-edited file, a command-line word), fit for one
+    /// line of a message: control characters shown as '?', cut at 64 characters.</summary>
+    public static string Shown(string name)
     {
         string printable = new(name.Select(c => char.IsControl(c) ? '?' : c).Take(64).ToArray());
         return name.Length > 64 ? printable + "..." : printable;

@@ -57,4 +57,53 @@ public sealed class HelpTests
         Assert.Contains(message, r.Stderr);
         Assert.DoesNotContain("   at ", r.Stderr);
     }
+    [Theory]
+    [InlineData("pool", new[] { "create", "info", "status", "grow", "check", "dump", "restore" })]
+    [InlineData("volume", new[] { "create", "snapshot", "delete", "list" })]
+    public void AGroupsHelpListsItsSubcommandsNotTheMainHelp(string group, string[] subcommands)
+    {
+        var r = Cli.Run(group, "--help");
+        Assert.True(r.ExitCode == 0, r.ToString());
+        Assert.StartsWith($"Usage: thinfast {group} SUBCOMMAND", r.Stdout);
+        foreach (string c in subcommands)
+            Assert.Contains($"  {c} ", r.Stdout);
+        Assert.DoesNotContain("Serving:", r.Stdout);
+    }
+
+    [Fact]
+    public void MessagesNameTheThingInTheUsersTermsNeverACodeName()
+    {
+        using var t = new TempDir();
+        string dir = ServeTests.NewPool(t, "x");
+        var twice = Cli.Run("serve", dir, "--socket", t["s.sock"], "--volume", "x", "--volume", "x");
+        Assert.Equal(2, twice.ExitCode);
+        Assert.Contains("--volume x is given twice", twice.Stderr);
+        Assert.DoesNotContain("Parameter", twice.Stderr);
+
+        string word = new('w', 70_000);
+        foreach (var r in new[] { Cli.Run(word), Cli.Run("pool", word), Cli.Run("volume", word + "\u001b[2J"), Cli.Run("volume", "create", dir, word, "--size", "1M") })
+        {
+            Assert.NotEqual(0, r.ExitCode);
+            Assert.True(r.Stderr.Length < 400, $"the argument was echoed whole ({r.Stderr.Length} characters)");
+            Assert.DoesNotContain('\u001b', r.Stderr);
+        }
+
+        string manifest = Path.Combine(dir, "pool.json");
+        string good = File.ReadAllText(manifest);
+        foreach (var (text, expected) in new[]
+                 {
+                     (good.Replace("\"volumes\": [", "\"volumes\": 5, \"x\": ["), "a value of the wrong kind"),
+                     ("{\"version\": 1, \"volumes\": [{\"name\": \"x\", \"device_id\": 1, \"size\": \"big\"}]}", "at $.volumes[0].size"),
+                     ("{", "malformed JSON"),
+                 })
+        {
+            File.WriteAllText(manifest, text);
+            var r = Cli.Run("volume", "list", dir);
+            Cli.AssertOneLineError(r, 1, expected);
+            Assert.DoesNotContain("System.", r.Stderr);
+            Assert.DoesNotContain("ThinFast.", r.Stderr);
+        }
+        File.WriteAllText(manifest, good);
+        Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
+    }
 }
