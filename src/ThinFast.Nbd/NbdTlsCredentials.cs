@@ -127,7 +127,9 @@ public sealed class NbdTlsCredentials
         }
         catch (Exception e) when (e is ArgumentException or CryptographicException)
         {
-            throw new NbdTlsCredentialsException($"{keyPath}: holds no usable {KeyAlgorithm(leaf)} private key in PEM: {e.Message}");
+            // .NET's message for a file without a key block talks about file paths; say it plainly.
+            string why = e.Message.Contains("No supported key formats", StringComparison.Ordinal) ? "no PEM private key block found" : e.Message;
+            throw new NbdTlsCredentialsException($"{keyPath}: holds no usable {KeyAlgorithm(leaf)} private key (the certificate's key is {KeyAlgorithm(leaf)}): {why}");
         }
         throw new NbdTlsCredentialsException($"{CertificateFile}: the certificate's key type ({leaf.PublicKey.Oid.FriendlyName}) is not supported; use RSA or ECDSA");
     }
