@@ -27,8 +27,8 @@ public class TlsTests(PkiFixture fixture) : IClassFixture<PkiFixture>
 
     private readonly TestCertificates _pki = fixture.Pki;
 
-    private ServerHarness StartTls(bool verifyPeer = true) =>
-        ServerHarness.Start(options: ServerHarness.TestOptions with { Tls = NbdTlsCredentials.LoadFolder(_pki.ServerFolder, verifyPeer) });
+    private ServerHarness StartTls(bool verifyPeer = true, NbdServerOptions? options = null) =>
+        ServerHarness.Start(options: (options ?? ServerHarness.TestOptions) with { Tls = NbdTlsCredentials.LoadFolder(_pki.ServerFolder, verifyPeer) });
 
     private static string TlsUri(ServerHarness h, string certificates) => $"nbds://127.0.0.1:{h.Tcp.Port}/disk?tls-certificates={certificates}";
 
@@ -132,7 +132,7 @@ public class TlsTests(PkiFixture fixture) : IClassFixture<PkiFixture>
     }
 
     [Fact]
-    public async Task ClientsWithoutACaSignedCertificateAreRefusedWhileAGoodClientKeepsWorking()
+    public async Task ClientsWithoutACaSignedClientCertificateAreRefusedWhileAGoodClientKeepsWorking()
     {
         await using var h = StartTls();
         string nbdinfo = Tool.Require("nbdinfo");
@@ -142,7 +142,7 @@ public class TlsTests(PkiFixture fixture) : IClassFixture<PkiFixture>
             assert h.get_tls_negotiated()
             bad = [subprocess.Popen(['{{nbdinfo}}', '--size', 'nbds://127.0.0.1:{{h.Tcp.Port}}/disk?tls-certificates=' + d],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                   for d in ['{{_pki.SelfSignedClientFolder}}', '{{_pki.NoCertificateClientFolder}}'] * 3]
+                   for d in ['{{_pki.SelfSignedClientFolder}}', '{{_pki.NoCertificateClientFolder}}', '{{_pki.ServerOnlyClientFolder}}'] * 2]
             rounds = 0
             while rounds < 20 or any(p.poll() is None for p in bad):
                 block = bytes([rounds % 251 + 1]) * 65536
@@ -159,8 +159,9 @@ public class TlsTests(PkiFixture fixture) : IClassFixture<PkiFixture>
         Assert.Equal(6, exits.Count);
         Assert.All(exits, l => Assert.StartsWith("bad client exit 1 stdout ''", l));
         Assert.Contains("good rounds", result.StdOut);
-        Assert.Equal(3, h.Log.Count(l => l.Contains("TLS handshake failed: client certificate 'CN=intruder' refused")));
-        Assert.Equal(3, h.Log.Count(l => l.Contains("TLS handshake failed: the client sent no certificate")));
+        Assert.Equal(2, h.Log.Count(l => l.Contains("TLS handshake failed: client certificate 'CN=intruder' refused")));
+        Assert.Equal(2, h.Log.Count(l => l.Contains("TLS handshake failed: the client sent no certificate")));
+        Assert.Equal(2, h.Log.Count(l => l.Contains("TLS handshake failed: client certificate 'CN=server-only' refused")));
 
         // And afterwards new good clients are served.
         var info = await Tool.RunOkAsync("nbdinfo", "--size", TlsUri(h, _pki.ClientFolder));
@@ -191,6 +192,22 @@ public class TlsTests(PkiFixture fixture) : IClassFixture<PkiFixture>
         Assert.True(SpinWait.SpinUntil(() => h.Log.Any(l => l.Contains("bytes after NBD_OPT_STARTTLS")), TimeSpan.FromSeconds(10)),
             string.Join(" | ", h.Log));
         Assert.Contains(h.Log, l => l.Contains($"client sent {injected.Length - 16} bytes after NBD_OPT_STARTTLS"));
+    }
+
+    [Fact]
+    public async Task AClientThatStallsInTheTlsHandshakeIsDroppedByTheHandshakeTimeout()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        await using var h = StartTls(options: ServerHarness.TestOptions with { HandshakeTimeout = TimeSpan.FromSeconds(1) });
+        using var raw = await OptionClient.ConnectAsync(h.SocketPath, cancel);
+        Assert.Equal([Ack], (await raw.OptionAsync(OptStartTls, [], cancel)).Select(r => r.Type));
+        // No ClientHello follows: the server's handshake waits, until the timeout ends it.
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+        limit.CancelAfter(TimeSpan.FromSeconds(20));
+        Assert.Equal(0, await raw.ReadToEndAsync(limit.Token));
+        Assert.True(SpinWait.SpinUntil(() => h.Log.Any(l => l.Contains("TLS handshake failed")), TimeSpan.FromSeconds(10)), string.Join(" | ", h.Log));
+        Assert.Contains(h.Log, l => l.Contains("handshake not finished within"));
+        Assert.Equal(0, h.Server.ConnectionCount);
     }
 
     [Fact]

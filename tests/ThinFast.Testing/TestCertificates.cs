@@ -3,8 +3,8 @@ namespace ThinFast.Testing;
 /// <summary>
 /// A throw-away PKI made with the openssl command line, in the folder layouts qemu's
 /// <c>tls-creds-x509</c> and libnbd's <c>tls-certificates</c> read: a CA, a server certificate for
-/// 127.0.0.1 and localhost, and client folders with a CA-signed certificate, a self-signed one and
-/// none. Made by the tool the clients' users would use, so the tests do not trust .NET to check
+/// 127.0.0.1 and localhost, and client folders with a CA-signed certificate, a self-signed one, a
+/// CA-signed one meant for servers only, and none. Made by the tool the clients' users would use, so the tests do not trust .NET to check
 /// certificates .NET made.
 /// </summary>
 public sealed class TestCertificates : IDisposable
@@ -26,6 +26,10 @@ public sealed class TestCertificates : IDisposable
 
     /// <summary>ca-cert.pem and a self-signed client-cert.pem with its key (CN=intruder).</summary>
     public string SelfSignedClientFolder => Path.Combine(Root, "self-signed");
+
+    /// <summary>ca-cert.pem and a CA-signed certificate for servers only (extended key usage
+    /// serverAuth, CN=server-only): signed by the right CA, but not for client authentication.</summary>
+    public string ServerOnlyClientFolder => Path.Combine(Root, "server-only");
 
     /// <summary>Only ca-cert.pem: the client checks the server but has no certificate to show.</summary>
     public string NoCertificateClientFolder => Path.Combine(Root, "no-cert");
@@ -52,7 +56,8 @@ public sealed class TestCertificates : IDisposable
 
     private void Make()
     {
-        foreach (var folder in new[] { Path.GetDirectoryName(CaKey)!, ServerFolder, ClientFolder, SelfSignedClientFolder, NoCertificateClientFolder })
+        string[] clientFolders = [ClientFolder, SelfSignedClientFolder, ServerOnlyClientFolder, NoCertificateClientFolder];
+        foreach (string folder in (string[])[Path.GetDirectoryName(CaKey)!, ServerFolder, .. clientFolders])
             Directory.CreateDirectory(folder);
         OpenSsl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", Days,
             "-subj", "/CN=ThinFast test CA", "-keyout", CaKey, "-out", CaCertificate,
@@ -60,11 +65,12 @@ public sealed class TestCertificates : IDisposable
         // RSA for the server and ECDSA for the clients, so both key types are loaded somewhere.
         SignedByCa(ServerFolder, "server", "rsa:2048", "/CN=localhost", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost");
         SignedByCa(ClientFolder, "client", "ec", "/CN=thinfast test client", "clientAuth", null);
+        SignedByCa(ServerOnlyClientFolder, "client", "ec", "/CN=server-only", "serverAuth", null);
         OpenSsl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", Days,
             "-subj", "/CN=intruder", "-keyout", Path.Combine(SelfSignedClientFolder, "client-key.pem"),
             "-out", Path.Combine(SelfSignedClientFolder, "client-cert.pem"),
             "-addext", "keyUsage=critical,digitalSignature,keyEncipherment", "-addext", "extendedKeyUsage=clientAuth");
-        foreach (var folder in new[] { ServerFolder, ClientFolder, SelfSignedClientFolder, NoCertificateClientFolder })
+        foreach (string folder in (string[])[ServerFolder, .. clientFolders])
             File.Copy(CaCertificate, Path.Combine(folder, "ca-cert.pem"));
     }
 
