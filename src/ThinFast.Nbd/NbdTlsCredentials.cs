@@ -184,6 +184,9 @@ public sealed class NbdTlsCredentials
             return options;
         }
         var policy = TrustPolicy(_authorities);
+        // SslStream adds this purpose itself when a server's policy names none (removing this line
+        // still fails the server-only certificate in TlsTests); stated so the check does not rest
+        // on that default.
         policy.ApplicationPolicy.Add(ClientAuthentication);
         options.CertificateChainPolicy = policy;
         options.RemoteCertificateValidationCallback = (_, certificate, chain, errors) =>
