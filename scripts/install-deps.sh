@@ -15,6 +15,7 @@ packages=(
   e2fsprogs fuse3           # mkfs.ext4, e2fsck, debugfs; fusermount3
   python3                   # shared/tools/dmthin/analyze.py
   gcc                       # the struct-layout probe
+  openssl                   # makes the throw-away CA and certificates of the NBD TLS tests
   mount                     # losetup: loop block devices for the block-device tests (IO)
 )
 

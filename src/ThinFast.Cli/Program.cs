@@ -32,7 +32,7 @@ public static partial class Program
           volume list DIR [--json]
 
         Serving:
-          serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only] [--pid-file PATH]
+          serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only] [--pid-file PATH] [--tls-certs DIR]
           demo [DIR] [--tcp [ADDR:]PORT] [--exit-after-check]
 
         Sizes take K, M, G, T (powers of 1024) or s (512-byte sectors).

@@ -13,6 +13,7 @@ internal static class ServeCommand
         Usage: thinfast serve DIR [--socket PATH] [--tcp [ADDR:]PORT] [--volume NAME]... [--read-only]
                                   [--pid-file PATH] [--low-water BLOCKS] [--error-if-no-space] [--origin-direct]
                                   [--io auto|uring|portable] [--max-connections N] [--idle-timeout SECONDS]
+                                  [--tls-certs DIR [--tls-verify-peer yes|no]]
 
         Serves the pool's volumes over NBD, one export per volume by name (the default export, for
         clients that ask for none, is the first). All volumes unless --volume names some. Listens on
@@ -27,16 +28,27 @@ internal static class ServeCommand
         has had no request for that many seconds (default: never, since an unused kernel NBD
         device may send nothing for hours).
 
+        --tls-certs DIR requires TLS (NBD_OPT_STARTTLS) on every connection, TCP and unix socket,
+        as qemu-nbd --tls-creds and nbdkit --tls=require do: DIR holds ca-cert.pem, server-cert.pem
+        and server-key.pem (qemu's x509 layout; the key unencrypted, RSA or ECDSA). Clients must
+        present a certificate signed by a CA in ca-cert.pem (qemu's verify-peer=yes);
+        --tls-verify-peer no asks for none. TLS 1.2 and 1.3; TLS-PSK is not available (.NET's
+        SslStream has no PSK). Without --tls-certs, STARTTLS is refused and traffic is plaintext.
+
         Examples:
           nbdinfo 'nbd+unix:///vm1?socket=DIR/nbd.sock'
           qemu-img info nbd://127.0.0.1:10809/vm1
+          thinfast serve DIR --tcp 10809 --tls-certs /etc/pki/thinfast
+          nbdinfo 'nbds://127.0.0.1:10809/vm1?tls-certificates=CLIENTDIR'
+          qemu-img info --object tls-creds-x509,id=tls0,dir=CLIENTDIR,endpoint=client \
+              --image-opts driver=nbd,host=127.0.0.1,port=10809,export=vm1,tls-creds=tls0
         """;
 
     public static int Run(ReadOnlySpan<string> argv)
     {
         if (Program.WantsHelp(argv))
             return Program.Help(Help);
-        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io", "--max-connections", "--idle-timeout"],
+        var a = Args.Parse(argv, ["--socket", "--tcp", "--volume", "--pid-file", "--low-water", "--io", "--max-connections", "--idle-timeout", "--tls-certs", "--tls-verify-peer"],
             ["--read-only", "--error-if-no-space", "--origin-direct"]);
         string dir = a.Positional(0, "pool directory (DIR)");
         a.ExpectPositionals(1);
@@ -57,8 +69,20 @@ internal static class ServeCommand
             "portable" => BlockDeviceBackend.Portable,
             var other => throw new UsageException($"--io '{other}' must be auto, uring or portable"),
         };
+        bool verifyPeer = (a.Value("--tls-verify-peer") ?? "yes") switch
+        {
+            "yes" => true,
+            "no" => false,
+            var other => throw new UsageException($"--tls-verify-peer '{other}' must be yes or no"),
+        };
+        string? tlsFolder = a.Value("--tls-certs");
+        if (tlsFolder is null && a.Value("--tls-verify-peer") is not null)
+            throw new UsageException("--tls-verify-peer needs --tls-certs");
+        // Before the pool is opened: a bad folder fails at once, touching nothing.
+        var tls = tlsFolder is null ? null : NbdTlsCredentials.LoadFolder(tlsFolder, verifyPeer);
         var nbd = new NbdServerOptions
         {
+            Tls = tls,
             MaxConnections = a.Value("--max-connections") is { } max ? ParseMaxConnections(max) : new NbdServerOptions().MaxConnections,
             IdleTimeout = a.Value("--idle-timeout") is { } idle ? ParseSeconds(idle, "--idle-timeout") : null,
         };
@@ -161,7 +185,7 @@ internal static class ServeCommand
                 }
                 if (tcp is not null)
                 {
-                    if (!IPAddress.IsLoopback(tcp.Address))
+                    if (!IPAddress.IsLoopback(tcp.Address) && server.Options.Tls is null)
                         Log($"warning: serving NBD on {tcp.Address}, not loopback, without TLS: anyone who can reach it can read and write the exported volumes");
                     try
                     {

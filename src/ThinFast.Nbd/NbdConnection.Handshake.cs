@@ -43,6 +43,9 @@ internal sealed partial class NbdConnection
                 return false;
             }
 
+            if (await RefuseBeforeTlsAsync(option).ConfigureAwait(false))
+                continue;
+
             switch (option)
             {
                 case NbdOption.ExportName:
@@ -63,7 +66,7 @@ internal sealed partial class NbdConnection
                     await ListAsync(data).ConfigureAwait(false);
                     break;
                 case NbdOption.StartTls:
-                    await SendOptionReplyAsync(option, NbdOptionReply.ErrPolicy, Utf8("TLS is not configured")).ConfigureAwait(false);
+                    await StartTlsAsync(data).ConfigureAwait(false);
                     break;
                 case NbdOption.Info:
                 case NbdOption.Go:

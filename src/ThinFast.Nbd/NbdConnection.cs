@@ -17,7 +17,8 @@ internal sealed partial class NbdConnection
 
     private readonly NbdServer _server;
     private readonly Socket _socket;
-    private readonly NbdTransport _transport;
+    // Replaced once, by a TlsTransport, when STARTTLS succeeds (before transmission starts).
+    private NbdTransport _transport;
     private readonly NbdServerOptions _options;
     // Pinned so receiving into it needs no per-call pinning of a movable array.
     private readonly byte[] _rx = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize, pinned: true);
@@ -150,10 +151,12 @@ internal sealed partial class NbdConnection
 
     public async Task RunAsync()
     {
+        bool clean = false;
         try
         {
             if (await HandshakeAsync().ConfigureAwait(false))
                 await TransmitAsync().ConfigureAwait(false);
+            clean = !_broken;
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or NbdProtocolException)
         {
@@ -162,6 +165,7 @@ internal sealed partial class NbdConnection
         }
         finally
         {
+            await _transport.CloseAsync(clean).ConfigureAwait(false);
             _socket.Dispose();
             _server.TransportClosed(_transport);
         }

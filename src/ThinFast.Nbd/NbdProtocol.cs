@@ -49,6 +49,7 @@ internal enum NbdOptionReply : uint
     ErrUnsup = 0x80000001,
     ErrPolicy = 0x80000002,
     ErrInvalid = 0x80000003,
+    ErrTlsReqd = 0x80000005,
     ErrUnknown = 0x80000006,
     ErrShutdown = 0x80000007,
     ErrTooBig = 0x80000009,

@@ -67,6 +67,14 @@ public sealed class NbdServer : IAsyncDisposable
 
     private IoUringReactor? ChooseReactor(NbdServerOptions options, out string description)
     {
+        // A TLS connection's bytes go through SslStream, which needs a Stream and runs its own
+        // async state machines and crypto: they stay off the reactor thread (docs/nbd.md, "TLS").
+        if (options.Tls is { } tls)
+        {
+            description = $".NET sockets with TLS required (x509 from {tls.Folder}, " +
+                (tls.VerifyPeer ? "client certificates verified against " + NbdTlsCredentials.CaFile : "no client certificates asked for") + ")";
+            return null;
+        }
         if (options.Transport == NbdTransportMode.Sockets)
         {
             description = ".NET sockets (chosen)";

@@ -102,6 +102,12 @@ public sealed record NbdServerOptions
     /// <summary>Answer NBD_OPT_LIST with the export names (else NBD_REP_ERR_POLICY).</summary>
     public bool AllowList { get; init; } = true;
 
+    /// <summary>X.509 credentials; when set, TLS is required: a client must negotiate
+    /// NBD_OPT_STARTTLS before any other option (as qemu-nbd with <c>--tls-creds</c> and nbdkit
+    /// with <c>--tls=require</c>), and its connection runs on .NET sockets. Null: no TLS, and
+    /// STARTTLS is refused with NBD_REP_ERR_POLICY.</summary>
+    public NbdTlsCredentials? Tls { get; init; }
+
     /// <summary>How connections send and receive.</summary>
     public NbdTransportMode Transport { get; init; } = NbdTransportMode.Auto;
 
@@ -128,6 +134,8 @@ public sealed record NbdServerOptions
             throw new ArgumentException("HandshakeTimeout, SendTimeout, ReceiveTimeout and IdleTimeout must be positive");
         if (ConnectionBufferBytes < MaxPayload)
             throw new ArgumentException($"ConnectionBufferBytes {ConnectionBufferBytes} is smaller than MaxPayload ({MaxPayload}): a largest request could never be served");
+        if (Tls is not null && Transport == NbdTransportMode.IoUring)
+            throw new ArgumentException("TLS connections run on .NET sockets: Transport IoUring cannot be combined with Tls");
         if (BufferTiers.Count == 0)
             throw new ArgumentException("BufferTiers is empty");
         int previous = 0;

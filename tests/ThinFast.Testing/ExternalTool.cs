@@ -23,6 +23,7 @@ public static class ExternalTool
         ["mkfs.ext4"] = "e2fsprogs",
         ["e2fsck"] = "e2fsprogs",
         ["gcc"] = "gcc",
+        ["openssl"] = "openssl",
     };
 
     /// <summary>Full path of <paramref name="program"/>, or an exception naming the package.</summary>
