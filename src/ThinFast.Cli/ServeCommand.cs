@@ -225,6 +225,8 @@ internal static class ServeCommand
         {
             foreach (var s in _signals)
                 s.Dispose();
+            // Writes waiting for data space would hold the drain until the no-space timeout.
+            _pool.BeginClose();
             _server.StopAsync().GetAwaiter().GetResult();
             _pool.Dispose();
             // Only our own pid file: if someone replaced it, it is theirs.

@@ -676,6 +676,16 @@ public sealed partial class ThinPool : IDisposable
     /// <summary>Mapped blocks of a volume (dm-thin's details.mapped_blocks).</summary>
     internal ulong MappedBlocks(uint deviceId) => ReadMetadata(m => m.GetDetails(deviceId).MappedBlocks);
 
+    /// <summary>The first step of closing, for a front end about to drain its clients: writes
+    /// queued for data space fail now (with ENOSPC), and later ones that need a block fail at once
+    /// instead of queueing, so the drain does not wait for space that will never come. Everything
+    /// else, FLUSH included, keeps working until <see cref="Dispose"/>.</summary>
+    public void BeginClose()
+    {
+        _closing = true;
+        FailSpaceWaiters(NoSpace());
+    }
+
     /// <summary>Waits for in-flight requests, commits and closes the devices.</summary>
     public void Dispose()
     {

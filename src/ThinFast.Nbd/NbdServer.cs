@@ -361,8 +361,9 @@ public sealed class NbdServer : IAsyncDisposable
             _log?.Invoke(message);
     }
 
-    /// <summary>Stops accepting, lets in-flight requests finish and reply, closes every
-    /// connection, then flushes every export.</summary>
+    /// <summary>Stops accepting, lets in-flight requests finish and reply (for at most
+    /// <see cref="NbdServerOptions.StopTimeout"/>; clients not taking their replies by then are
+    /// dropped), closes every connection, then flushes every export.</summary>
     public Task StopAsync()
     {
         lock (_connections)
@@ -404,7 +405,21 @@ public sealed class NbdServer : IAsyncDisposable
             c.BeginShutdown();
         foreach (var r in refusals)
             r.Socket.Dispose();
-        await Task.WhenAll([.. tasks, .. refusals.Select(r => r.Task)]).ConfigureAwait(false);
+        var ended = Task.WhenAll([.. tasks, .. refusals.Select(r => r.Task)]);
+        if (await Task.WhenAny(ended, Task.Delay(Options.StopTimeout)).ConfigureAwait(false) != ended)
+        {
+            // A client that stopped reading would hold its connection, and the stop, until the send
+            // timeout: its remaining replies are dropped instead.
+            for (int i = 0; i < connections.Length; i++)
+            {
+                if (!tasks[i].IsCompleted)
+                {
+                    Log($"nbd: stopping: dropping a client that has not taken its replies within {Options.StopTimeout.TotalSeconds:0.#} s");
+                    connections[i].MarkBroken();
+                }
+            }
+            await ended.ConfigureAwait(false);
+        }
 
         foreach (var volume in _exportList.Select(e => e.Volume).Distinct())
         {

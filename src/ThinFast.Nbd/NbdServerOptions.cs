@@ -96,6 +96,11 @@ public sealed record NbdServerOptions
     /// nothing for hours while its device is unused.</summary>
     public TimeSpan? IdleTimeout { get; init; }
 
+    /// <summary>How long a stop waits for connections to take the replies of their in-flight
+    /// requests; those still sending after it (a client that stopped reading) are dropped, so a
+    /// SIGTERM ends in seconds whatever the clients do.</summary>
+    public TimeSpan StopTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
     /// <summary>Export served for the empty name; null means the empty name is unknown.</summary>
     public string? DefaultExport { get; init; }
 
@@ -130,8 +135,8 @@ public sealed record NbdServerOptions
             throw new ArgumentException($"MaxConnections {MaxConnections} must be at least 1");
         if (RequestsPerConnection is < 1 or > 1024)
             throw new ArgumentException($"RequestsPerConnection {RequestsPerConnection} must be in 1..1024");
-        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero || ReceiveTimeout <= TimeSpan.Zero || IdleTimeout <= TimeSpan.Zero)
-            throw new ArgumentException("HandshakeTimeout, SendTimeout, ReceiveTimeout and IdleTimeout must be positive");
+        if (HandshakeTimeout <= TimeSpan.Zero || SendTimeout <= TimeSpan.Zero || ReceiveTimeout <= TimeSpan.Zero || IdleTimeout <= TimeSpan.Zero || StopTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("HandshakeTimeout, SendTimeout, ReceiveTimeout, IdleTimeout and StopTimeout must be positive");
         if (ConnectionBufferBytes < MaxPayload)
             throw new ArgumentException($"ConnectionBufferBytes {ConnectionBufferBytes} is smaller than MaxPayload ({MaxPayload}): a largest request could never be served");
         if (Tls is not null && Transport == NbdTransportMode.IoUring)
