@@ -60,6 +60,14 @@ public sealed class ServeTests
             return _process.ExitCode;
         }
 
+        /// <summary>SIGKILL (what Process.Kill sends on Unix): no handler runs, nothing more is
+        /// flushed or committed.</summary>
+        public void KillNow()
+        {
+            _process.Kill();
+            _process.WaitForExit();
+        }
+
         /// <summary>Runs an NBD client; a failure or hang reports the server's log too.</summary>
         public CliResult Client(string tool, params string[] args)
         {
