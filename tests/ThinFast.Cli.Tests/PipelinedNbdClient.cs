@@ -84,6 +84,36 @@ public sealed class PipelinedNbdClient : IAsyncDisposable
         }
     }
 
+    /// <summary>Completes when the connection has ended (the server closed it, or it died).</summary>
+    public Task Closed => _reader;
+
+    /// <summary>Sends bytes as they are, for a test that stalls in the middle of a request.</summary>
+    public async Task SendRawAsync(ReadOnlyMemory<byte> bytes)
+    {
+        await _sendLock.WaitAsync(CancellationToken.None);
+        try
+        {
+            await _socket.SendAsync(bytes, SocketFlags.None, CancellationToken.None);
+        }
+        finally
+        {
+            _sendLock.Release();
+        }
+    }
+
+    /// <summary>A request header as the server expects it.</summary>
+    public static byte[] RequestHeader(ushort command, ushort flags, ulong cookie, long offset, int length)
+    {
+        var header = new byte[28];
+        BinaryPrimitives.WriteUInt32BigEndian(header, 0x25609513);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(4), flags);
+        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), command);
+        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
+        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(16), (ulong)offset);
+        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), (uint)length);
+        return header;
+    }
+
     public Task<uint> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua) =>
         SendAsync(Write, fua ? FlagFua : (ushort)0, offset, data.Length, data, default);
 
@@ -99,13 +129,7 @@ public sealed class PipelinedNbdClient : IAsyncDisposable
         ulong cookie = (ulong)Interlocked.Increment(ref _nextCookie);
         var pending = new Pending(new TaskCompletionSource<uint>(TaskCreationOptions.RunContinuationsAsynchronously), readInto);
         _pending[cookie] = pending;
-        var header = new byte[28];
-        BinaryPrimitives.WriteUInt32BigEndian(header, 0x25609513);
-        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(4), flags);
-        BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), command);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), cookie);
-        BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(16), (ulong)offset);
-        BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), (uint)length);
+        var header = RequestHeader(command, flags, cookie, offset, length);
         await _sendLock.WaitAsync(CancellationToken.None);
         try
         {
@@ -192,9 +216,7 @@ public sealed class PipelinedNbdClient : IAsyncDisposable
         {
             try
             {
-                var disc = new byte[28];
-                BinaryPrimitives.WriteUInt32BigEndian(disc, 0x25609513);
-                BinaryPrimitives.WriteUInt16BigEndian(disc.AsSpan(6), Disconnect);
+                var disc = RequestHeader(Disconnect, 0, 0, 0, 0);
                 await _sendLock.WaitAsync(CancellationToken.None);
                 try
                 {
