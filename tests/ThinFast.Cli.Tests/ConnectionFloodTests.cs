@@ -41,10 +41,11 @@ public sealed class ConnectionFloodTests
         // handshake and receive timeouts (30 s), not by a limit that would refuse the guests too.
         using var server = new ServeTests.Server("serve", t["p"], "--socket", socket, "--max-connections", $"{Active + Flood + 16}");
         Assert.True(OpenFileLimit(server.Pid.ToString()) >= needed, $"the server's RLIMIT_NOFILE is below {needed}");
+        await using var connections = new OpenConnections();
 
         var active = new List<VerifyingClient>();
         for (int i = 0; i < Active; i++)
-            active.Add(new VerifyingClient(await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel), i * (long)RegionBytes));
+            active.Add(new VerifyingClient(connections.Add(await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel)), i * (long)RegionBytes));
         // Every block provisioned first, so that no phase pays for first writes.
         await Task.WhenAll(active.Select(c => c.FillRegionAsync()));
         var quiet = await RunPhaseAsync(active, TimeSpan.FromSeconds(3));
@@ -53,18 +54,16 @@ public sealed class ConnectionFloodTests
         long rssBefore = Rss(server.Pid);
         var idle = new List<PipelinedNbdClient>();
         for (int i = 0; i < Idle; i++)
-            idle.Add(await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel));
+            idle.Add(connections.Add(await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel)));
         long rssAfter = await SettledRssAsync(server.Pid);
         double perIdle = (rssAfter - rssBefore) / (double)Idle;
 
         // The stalled ones. Their timeouts (30 s) run from here.
         var stalledAt = Stopwatch.StartNew();
         var stalledClosed = new List<Task>();
-        var raw = new List<Socket>();
         for (int i = 0; i < MidHandshake; i++)
         {
-            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            raw.Add(s);
+            var s = connections.Add(new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified));
             await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), cancel);
             var greeting = new byte[18];
             await s.ReceiveAsync(greeting, cancel);
@@ -72,11 +71,9 @@ public sealed class ConnectionFloodTests
             await s.SendAsync((byte[])[0, 0, 0, 3, .. "IHAVEOPT"u8.ToArray()], cancel);
             stalledClosed.Add(ClosedAsync(s));
         }
-        var stalledRequests = new List<PipelinedNbdClient>();
         for (int i = 0; i < HalfHeader + HalfPayload; i++)
         {
-            var c = await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel);
-            stalledRequests.Add(c);
+            var c = connections.Add(await PipelinedNbdClient.ConnectAsync(socket, "vm", cancel));
             byte[] header = PipelinedNbdClient.RequestHeader(PipelinedNbdClient.Write, 0, 1, 0, 64 * 1024);
             await c.SendRawAsync(i < HalfHeader ? header.AsMemory(0, 14) : (byte[])[.. header, .. new byte[32 * 1024]]);
             stalledClosed.Add(c.Closed);
@@ -86,7 +83,9 @@ public sealed class ConnectionFloodTests
 
         // Every stalled connection is dropped by its timeout; no idle one is, and the active
         // clients still reach the server afterwards.
-        await Task.WhenAll(stalledClosed).WaitAsync(TimeSpan.FromSeconds(60), cancel);
+        var allClosed = Task.WhenAll(stalledClosed);
+        if (await Task.WhenAny(allClosed, Task.Delay(TimeSpan.FromSeconds(60), cancel)) != allClosed)
+            Assert.Fail($"{stalledClosed.Count(c => !c.IsCompleted)} of {stalledClosed.Count} stalled connections still open after 60 s");
         var dropped = stalledAt.Elapsed;
         Assert.True(dropped > TimeSpan.FromSeconds(25), $"the stalled clients went after {dropped}, before their 30 s timeouts");
         Assert.Equal(MidHandshake, Regex.Matches(server.Log, "dropping client: handshake not finished within").Count);
@@ -109,10 +108,7 @@ public sealed class ConnectionFloodTests
         Assert.True(flooded.MaxMs < 5000, $"an active client waited {flooded.MaxMs:F0} ms during the flood");
         Assert.True(perIdle < 200 * 1024, $"{perIdle:F0} bytes of server memory per idle connection");
 
-        foreach (var s in raw)
-            s.Dispose();
-        foreach (var c in idle.Concat(stalledRequests).Concat(active.Select(a => a.Client)))
-            await c.DisposeAsync();
+        await connections.DisposeAsync();
         Assert.Equal(0, server.Signal("TERM"));
     }
 
@@ -142,8 +138,6 @@ public sealed class ConnectionFloodTests
         private readonly byte[] _mirror = new byte[RegionBytes];
         private readonly Random _random = new((int)(regionStart / RegionBytes));
         private long _nextId = regionStart / RegionBytes << 32;
-
-        public PipelinedNbdClient Client => client;
 
         public async Task<List<double>> RunAsync(TimeSpan duration)
         {
@@ -179,6 +173,35 @@ public sealed class ConnectionFloodTests
             var region = new byte[RegionBytes];
             Assert.Equal(0u, await client.ReadAsync(regionStart, region));
             Assert.True(region.AsSpan().SequenceEqual(_mirror), $"the region at {regionStart} does not hold what its client wrote");
+        }
+    }
+
+    /// <summary>Every connection the test opened, closed at the end whether it passed or not.</summary>
+    private sealed class OpenConnections : IAsyncDisposable
+    {
+        private readonly List<PipelinedNbdClient> _clients = [];
+        private readonly List<Socket> _sockets = [];
+
+        public PipelinedNbdClient Add(PipelinedNbdClient client)
+        {
+            _clients.Add(client);
+            return client;
+        }
+
+        public Socket Add(Socket socket)
+        {
+            _sockets.Add(socket);
+            return socket;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var s in _sockets)
+                s.Dispose();
+            _sockets.Clear();
+            foreach (var c in _clients)
+                await c.DisposeAsync();
+            _clients.Clear();
         }
     }
 
