@@ -17,6 +17,7 @@ public sealed class KillSweepWriter
     private readonly Random _random;
     private readonly HashSet<long> _busyBlocks = [];
     private int _inFlight, _writesInFlight;
+    private long _completed;
 
     public KillSweepWriter(PipelinedNbdClient client, VolumeLedger ledger, int blockSize, int seed)
     {
@@ -31,8 +32,6 @@ public sealed class KillSweepWriter
 
     /// <summary>Of those, writes and discards (FLUSHes excluded).</summary>
     public int WritesInFlight => Volatile.Read(ref _writesInFlight);
-
-    private long _completed;
 
     /// <summary>Requests answered.</summary>
     public long Completed => Interlocked.Read(ref _completed);

@@ -11,7 +11,8 @@ namespace ThinFast.Cli.Tests;
 /// that completed reads back (or something written after it; <see cref="VolumeLedger"/>).
 /// </summary>
 /// <remarks>CI runs 10 kills; <c>THINFAST_KILL_SWEEP_KILLS=N</c> runs N (the long form, e.g. 50)
-/// and <c>THINFAST_KILL_SWEEP_SEED</c> replays a run (docs/cli.md).</remarks>
+/// and <c>THINFAST_KILL_SWEEP_SEED</c> repeats a run's choices of requests and kill delays
+/// (docs/cli.md).</remarks>
 public sealed class ProcessKillSweepTests
 {
     private const int BlockSize = 64 * 1024;
@@ -28,7 +29,7 @@ public sealed class ProcessKillSweepTests
         int seed = int.TryParse(Environment.GetEnvironmentVariable("THINFAST_KILL_SWEEP_SEED"), out int s) ? s : Random.Shared.Next();
         var random = new Random(seed);
         var output = TestContext.Current.TestOutputHelper!;
-        output.WriteLine($"seed {seed} (THINFAST_KILL_SWEEP_SEED replays it), {kills} kills");
+        output.WriteLine($"seed {seed} (THINFAST_KILL_SWEEP_SEED repeats its choices), {kills} kills");
 
         using var t = new TempDir();
         string pool = t["p"], socket = t["nbd.sock"], metadata = Path.Combine(t["p"], "metadata"), originPath = t["origin.img"];
