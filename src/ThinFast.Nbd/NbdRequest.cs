@@ -24,7 +24,7 @@ internal sealed class NbdRequest
     private readonly NbdConnection _connection;
     private readonly AsyncSignal _work;
     // Made by the slot's first full BLOCK_STATUS: 24 KiB per slot that the GC zeroes, so made up
-    // front it was 384 KiB of every connection's 490 KiB resident memory, idle or not, and most
+    // front it was 384 KiB of the ~475 KiB every connection held resident, idle or not, and most
     // clients never ask for block status (ConnectionFloodTests measures the whole).
     private VolumeExtent[]? _extents;
     // Replies without data (status, errors, block status) are built here; pinned so sends need no

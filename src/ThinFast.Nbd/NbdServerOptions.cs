@@ -56,7 +56,7 @@ public sealed record NbdServerOptions
     /// <remarks>1024: a host serving many guests needs a connection or more for each, and what
     /// keeps one client from taking what others need is not this limit but the timeouts (a stalled
     /// handshake or request goes after 30 s) and the per-connection payload budget. An idle
-    /// connection costs one descriptor and 88 KiB resident (ConnectionFloodTests, 1,000
+    /// connection costs one descriptor and about 88 KiB resident (ConnectionFloodTests, 1,000
     /// connections); at the old default of 64 the 65th guest was refused.</remarks>
     public int MaxConnections { get; init; } = 1024;
 
