@@ -23,7 +23,7 @@ internal static class ServeCommand
         remove the socket and pid file. --io picks the data I/O backend (auto: io_uring when the
         kernel allows it, else the portable one). Origins (base images) are read through the page
         cache, so volumes over one base share its cached blocks; --origin-direct reads them with
-        O_DIRECT instead. --max-connections (default 64) limits open connections; a client beyond
+        O_DIRECT instead. --max-connections (default 1024) limits open connections; a client beyond
         it is told the server is at its connection limit. --idle-timeout closes a connection that
         has had no request for that many seconds (default: never, since an unused kernel NBD
         device may send nothing for hours).

@@ -18,6 +18,17 @@ public static class Cli
     public static readonly string Exe = Environment.GetEnvironmentVariable("THINFAST_CLI_EXE") is { Length: > 0 } exe ? exe
         : Path.Combine(RepoRoot, "src", "ThinFast.Cli", "bin", new DirectoryInfo(AppContext.BaseDirectory.TrimEnd('/')).Parent!.Name, "net10.0", "thinfast");
 
+    /// <summary>The shared dm-thin metadata analyser, beside the repository (../shared).</summary>
+    public static string AnalyzePy
+    {
+        get
+        {
+            string path = Path.GetFullPath(Path.Combine(RepoRoot, "..", "shared", "tools", "dmthin", "analyze.py"));
+            Assert.True(File.Exists(path), $"analyze.py not found at {path} (the shared tools folder belongs beside the repository)");
+            return path;
+        }
+    }
+
     public static CliResult Run(params string[] args) => RunIn(null, null, args);
 
     public static CliResult RunIn(string? workingDirectory, Dictionary<string, string>? env, params string[] args)

@@ -10,17 +10,6 @@ public sealed class MetadataToolTests
     private static readonly string Fixtures = Path.Combine(Cli.RepoRoot, "tests", "fixtures", "metadata");
     private const int Bs = MetadataFormat.BlockSize;
 
-    // The shared oracles sit beside the repository (../shared), as for the other test projects.
-    private static string AnalyzePy
-    {
-        get
-        {
-            string path = Path.GetFullPath(Path.Combine(Cli.RepoRoot, "..", "shared", "tools", "dmthin", "analyze.py"));
-            Assert.True(File.Exists(path), $"analyze.py not found at {path} (the shared tools folder belongs beside the repository)");
-            return path;
-        }
-    }
-
     private static string CopyFixture(TempDir t, string name)
     {
         string path = t[name];
@@ -111,7 +100,7 @@ public sealed class MetadataToolTests
 
         var ours = Cli.Run("pool", "check", md, "--json");
         var thinCheck = Cli.Tool(Cli.Require("thin_check", "thin-provisioning-tools"), [md]);
-        var analyze = Cli.Tool(Cli.Require("python3", "python3"), [AnalyzePy, md]);
+        var analyze = Cli.Tool(Cli.Require("python3", "python3"), [Cli.AnalyzePy, md]);
         bool analyzeDamaged = analyze.ExitCode != 0 || !analyze.Stdout.Contains("metadata refcount mismatches (block, expected, ondisk): [] total 0")
             || !analyze.Stdout.Contains("data refcount mismatches: [] total 0");
 
@@ -138,7 +127,7 @@ public sealed class MetadataToolTests
         using var t = new TempDir();
         string md = CopyFixture(t, "x2.bin");
         Apply(md, Damage.LeakedDataBlock);
-        var analyze = Cli.Tool(Cli.Require("python3", "python3"), [AnalyzePy, md]);
+        var analyze = Cli.Tool(Cli.Require("python3", "python3"), [Cli.AnalyzePy, md]);
         Assert.True(analyze.ExitCode != 0 && analyze.Stdout.Contains("leaked data blocks"), $"analyze.py does not see the leak:\n{analyze}");
 
         var json = Cli.Run("pool", "check", md, "--json");
