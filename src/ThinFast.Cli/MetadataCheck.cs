@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
-using ThinFast.Engine;
 using ThinFast.IO;
 using ThinFast.Metadata;
 
@@ -100,14 +99,8 @@ public sealed class MetadataCheck : IDisposable
 
     private void CheckDataDevice(string dataPath, Superblock sb)
     {
-        if (!File.Exists(dataPath))
-        {
-            _errors.Add($"data device {dataPath} does not exist");
-            return;
-        }
-        using var data = BlockDevices.Open(dataPath, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
-        if (ThinPool.DataDeviceShortfall(dataPath, data.Length, sb.DataBlockSize, sb.DataSpaceMap.NrBlocks) is { } shortfall)
-            _errors.Add(shortfall);
+        if (OfflinePool.DataDeviceProblem(dataPath, sb.DataBlockSize, sb.DataSpaceMap.NrBlocks) is { } problem)
+            _errors.Add(problem);
     }
 
     private Superblock? ReadSuperblock(ulong block, bool live)

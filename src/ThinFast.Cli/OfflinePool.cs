@@ -65,11 +65,18 @@ internal sealed class OfflinePool : IDisposable
     // as if it were whole.
     private static void ThrowIfDataShort(string dataPath, ThinMetadata metadata)
     {
+        if (DataDeviceProblem(dataPath, metadata.DataBlockSizeSectors, metadata.DataBlockCount) is { } problem)
+            throw new PoolException(problem);
+    }
+
+    /// <summary>Why the data device at <paramref name="dataPath"/> cannot back a space map of
+    /// <paramref name="spaceMapBlocks"/> blocks (missing, or shorter), or null.</summary>
+    internal static string? DataDeviceProblem(string dataPath, uint blockSizeSectors, ulong spaceMapBlocks)
+    {
         if (!File.Exists(dataPath))
-            throw new PoolException($"data device {dataPath} does not exist");
+            return $"data device {dataPath} does not exist";
         using var data = BlockDevices.Open(dataPath, new BlockDeviceOptions { ReadOnly = true, Backend = BlockDeviceBackend.Portable });
-        if (ThinPool.DataDeviceShortfall(dataPath, data.Length, metadata.DataBlockSizeSectors, metadata.DataBlockCount) is { } shortfall)
-            throw new PoolException(shortfall);
+        return ThinPool.DataDeviceShortfall(dataPath, data.Length, blockSizeSectors, spaceMapBlocks);
     }
 
     public void Dispose()

@@ -54,10 +54,10 @@ public static partial class Program
     private const string VolumeHelp = """
         Usage: thinfast volume SUBCOMMAND DIR ...   (thinfast volume SUBCOMMAND --help for details)
 
-          create DIR NAME      a thin volume, empty or over a read-only origin
+          create DIR NAME        a thin volume, empty or over a read-only origin
           snapshot DIR SRC NAME  an instant snapshot sharing every block of SRC
-          delete DIR NAME      delete a volume, freeing the blocks only it used
-          list DIR             the volumes, their sizes, origins and use
+          delete DIR NAME        delete a volume, freeing the blocks only it used
+          list DIR               the volumes, their sizes, origins and use
         """;
 
     public static int Main(string[] argv)

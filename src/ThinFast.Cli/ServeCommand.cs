@@ -78,6 +78,9 @@ internal static class ServeCommand
         string? tlsFolder = a.Value("--tls-certs");
         if (tlsFolder is null && a.Value("--tls-verify-peer") is not null)
             throw new UsageException("--tls-verify-peer needs --tls-certs");
+        var names = a.Values("--volume");
+        if (names.GroupBy(n => n).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            throw new UsageException($"--volume {PoolManifest.Shown(twice.Key)} is given twice");
         // Before the pool is opened: a bad folder fails at once, touching nothing.
         var tls = tlsFolder is null ? null : NbdTlsCredentials.LoadFolder(tlsFolder, verifyPeer);
         var nbd = new NbdServerOptions
@@ -86,9 +89,6 @@ internal static class ServeCommand
             MaxConnections = a.Value("--max-connections") is { } max ? ParseMaxConnections(max) : new NbdServerOptions().MaxConnections,
             IdleTimeout = a.Value("--idle-timeout") is { } idle ? ParseSeconds(idle, "--idle-timeout") : null,
         };
-        var names = a.Values("--volume");
-        if (names.GroupBy(n => n).FirstOrDefault(g => g.Count() > 1) is { } twice)
-            throw new UsageException($"--volume {PoolManifest.Shown(twice.Key)} is given twice");
         using var running = Running.Start(dir, options, names, a.Flag("--read-only"), socket, endpoint, a.Value("--pid-file"), backend, nbd);
         running.WaitForSignal();
         return Program.Ok;

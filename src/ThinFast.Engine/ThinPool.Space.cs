@@ -54,7 +54,7 @@ public sealed partial class ThinPool
                     throw NoSpace();
             }
             if (_closing)
-                throw NoSpace();
+                throw Closing();
             gate.Park();
             try
             {
@@ -97,6 +97,14 @@ public sealed partial class ThinPool
         waiter.Owner = owner;
         lock (_spaceLock)
         {
+            // BeginClose sets the flag and empties the queue under this lock: a waiter queued
+            // after it would wait for space nobody will free.
+            if (_closing)
+            {
+                waiter.Owner = null;
+                waiter.Fail(Closing());
+                return waiter.Task;
+            }
             if (_spaceWaiters is null && Options.NoSpaceTimeout > TimeSpan.Zero)
                 _spaceWaitDeadline = Environment.TickCount64 + (long)Options.NoSpaceTimeout.TotalMilliseconds;
             waiter.Next = _spaceWaiters;
@@ -189,6 +197,10 @@ public sealed partial class ThinPool
             failed = next;
         }
     }
+
+    /// <summary>Unavailable, not ENOSPC: the write was refused because the pool is closing, and a
+    /// front end may tell its client to retry elsewhere (NBD's ESHUTDOWN).</summary>
+    private static BlockDeviceException Closing() => new(BlockError.Unavailable, "the pool is closing");
 
     private static BlockDeviceException NoSpace() => new(BlockError.NoSpace, "thin pool is out of data space", errno: 28);
 

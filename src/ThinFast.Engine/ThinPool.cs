@@ -677,13 +677,15 @@ public sealed partial class ThinPool : IDisposable
     internal ulong MappedBlocks(uint deviceId) => ReadMetadata(m => m.GetDetails(deviceId).MappedBlocks);
 
     /// <summary>The first step of closing, for a front end about to drain its clients: writes
-    /// queued for data space fail now (with ENOSPC), and later ones that need a block fail at once
-    /// instead of queueing, so the drain does not wait for space that will never come. Everything
-    /// else, FLUSH included, keeps working until <see cref="Dispose"/>.</summary>
+    /// queued for data space fail now (BlockError.Unavailable, "the pool is closing"), and later
+    /// ones that find no free block fail at once instead of queueing, so the drain does not wait
+    /// for space that will never come. Everything else, FLUSH included, keeps working until
+    /// <see cref="Dispose"/>.</summary>
     public void BeginClose()
     {
-        _closing = true;
-        FailSpaceWaiters(NoSpace());
+        lock (_spaceLock)
+            _closing = true;
+        FailSpaceWaiters(Closing());
     }
 
     /// <summary>Waits for in-flight requests, commits and closes the devices.</summary>
@@ -696,11 +698,11 @@ public sealed partial class ThinPool : IDisposable
             _disposed = true;
         }
         // Writes queued for space fail first: the drain below would otherwise wait for them.
-        _closing = true;
-        var closed = new BlockDeviceException(BlockError.Unavailable, "pool is closing");
+        lock (_spaceLock)
+            _closing = true;
         foreach (var v in _volumesByName.Values)
             v.Retire("the pool is closed");
-        FailSpaceWaiters(closed);
+        FailSpaceWaiters(Closing());
         foreach (var v in _volumesByName.Values)
         {
             if (!v.Gate.WaitUntilEmpty(Options.AdminDrainTimeout))

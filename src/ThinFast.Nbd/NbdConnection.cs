@@ -84,6 +84,9 @@ internal sealed partial class NbdConnection
 
     internal void SendFinished() => Volatile.Write(ref _sendStartedAt, 0);
 
+    /// <summary>A send has been waiting for the client to read: what a stopping server drops.</summary>
+    internal bool IsSending => Volatile.Read(ref _sendStartedAt) != 0;
+
     // A request's first bytes are here but not all of it: its receive deadline runs from now.
     private void ReceiveStarting()
     {
@@ -165,9 +168,19 @@ internal sealed partial class NbdConnection
         }
         finally
         {
-            await _transport.CloseAsync(clean).ConfigureAwait(false);
-            _socket.Dispose();
-            _server.TransportClosed(_transport);
+            try
+            {
+                // A clean TLS close sends close_notify, which a client not reading would hold
+                // forever: the send timeout covers it like any reply.
+                SendStarting();
+                await _transport.CloseAsync(clean).ConfigureAwait(false);
+            }
+            finally
+            {
+                SendFinished();
+                _socket.Dispose();
+                _server.TransportClosed(_transport);
+            }
         }
     }
 

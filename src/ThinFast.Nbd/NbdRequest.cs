@@ -218,6 +218,9 @@ internal sealed class NbdRequest
                 BlockError.ReadOnly => NbdError.Perm,
                 BlockError.InvalidArgument or BlockError.OutOfRange => NbdError.Invalid,
                 BlockError.NotSupported => NbdError.NotSupported,
+                // The pool closing under a stopping server: the protocol's "retry after
+                // reconnecting", not a failed write.
+                BlockError.Unavailable when _connection.Server.IsStopping => NbdError.Shutdown,
                 _ => NbdError.IO,
             }
             : NbdError.IO;

@@ -406,19 +406,19 @@ public sealed class NbdServer : IAsyncDisposable
         foreach (var r in refusals)
             r.Socket.Dispose();
         var ended = Task.WhenAll([.. tasks, .. refusals.Select(r => r.Task)]);
-        if (await Task.WhenAny(ended, Task.Delay(Options.StopTimeout)).ConfigureAwait(false) != ended)
+        while (await Task.WhenAny(ended, Task.Delay(Options.StopTimeout)).ConfigureAwait(false) != ended)
         {
             // A client that stopped reading would hold its connection, and the stop, until the send
-            // timeout: its remaining replies are dropped instead.
+            // timeout: its remaining replies are dropped instead. Requests still running in the
+            // pool (a slow device) are waited for: their writes must finish before the flush below.
             for (int i = 0; i < connections.Length; i++)
             {
-                if (!tasks[i].IsCompleted)
+                if (!tasks[i].IsCompleted && connections[i].IsSending)
                 {
                     Log($"nbd: stopping: dropping a client that has not taken its replies within {Options.StopTimeout.TotalSeconds:0.#} s");
                     connections[i].MarkBroken();
                 }
             }
-            await ended.ConfigureAwait(false);
         }
 
         foreach (var volume in _exportList.Select(e => e.Volume).Distinct())

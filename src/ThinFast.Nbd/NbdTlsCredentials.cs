@@ -177,6 +177,8 @@ public sealed class NbdTlsCredentials
             EnabledSslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13,
             ClientCertificateRequired = VerifyPeer,
             CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
+            // A client may not renegotiate TLS 1.2 sessions: each one costs the server a handshake.
+            AllowRenegotiation = false,
         };
         if (!VerifyPeer)
         {

@@ -57,6 +57,7 @@ public sealed class HelpTests
         Assert.Contains(message, r.Stderr);
         Assert.DoesNotContain("   at ", r.Stderr);
     }
+
     [Theory]
     [InlineData("pool", new[] { "create", "info", "status", "grow", "check", "dump", "restore" })]
     [InlineData("volume", new[] { "create", "snapshot", "delete", "list" })]

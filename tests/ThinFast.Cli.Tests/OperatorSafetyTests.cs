@@ -146,6 +146,7 @@ public sealed class OperatorSafetyTests
         File.WriteAllText(manifest, good);
         Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
     }
+
     [Fact]
     public void APoolWhoseDataFileWasTruncatedIsNeverCalledClean()
     {
@@ -171,6 +172,7 @@ public sealed class OperatorSafetyTests
         AssertPoolClean(dir);
         Assert.Equal(0, Cli.Run("volume", "list", dir).ExitCode);
     }
+
     [Fact]
     [System.Runtime.Versioning.UnsupportedOSPlatform("windows")]
     public void AnOriginOthersCanWriteIsWarnedAboutAtCreateAndAtEveryOpen()

@@ -28,7 +28,10 @@ public sealed class ServeTests
                     return;
                 }
                 lock (_stderr)
+                {
                     _stderr.AppendLine(e.Data);
+                    Monitor.PulseAll(_stderr);
+                }
                 if (e.Data.Contains("thinfast: serving "))
                     _ready.TrySetResult(e.Data);
             };
@@ -47,6 +50,21 @@ public sealed class ServeTests
             {
                 lock (_stderr)
                     return _stderr.ToString();
+            }
+        }
+
+        /// <summary>Waits for a log line containing <paramref name="text"/>; fails after 30 s.</summary>
+        public void WaitForLog(string text)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(30);
+            lock (_stderr)
+            {
+                while (!_stderr.ToString().Contains(text))
+                {
+                    var left = deadline - DateTime.UtcNow;
+                    Assert.True(left > TimeSpan.Zero, $"serve never logged '{text}':\n{_stderr}");
+                    Monitor.Wait(_stderr, left);
+                }
             }
         }
 
