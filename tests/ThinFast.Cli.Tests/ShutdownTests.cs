@@ -76,6 +76,7 @@ public sealed class ShutdownTests
     {
         var clock = Stopwatch.StartNew();
         Assert.Equal(0, server.Signal("TERM"));
+        TestContext.Current.TestOutputHelper?.WriteLine($"serve stopped {clock.Elapsed.TotalSeconds:0.00} s after SIGTERM");
         return clock.Elapsed;
     }
 
