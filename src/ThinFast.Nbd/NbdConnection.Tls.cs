@@ -63,7 +63,9 @@ internal sealed partial class NbdConnection
         }
         _transport = new TlsTransport(stream);
         _tlsActive = true;
-        // The protocol forgets everything negotiated before STARTTLS (an attacker may have chosen it).
+        // The protocol forgets everything negotiated before STARTTLS (an attacker may have chosen
+        // it). Today nothing can have been: with TLS required, those options were refused with
+        // ERR_TLS_REQD. The reset keeps that true if an optional-TLS mode is ever added.
         _structuredReplies = false;
         _metaContextExport = null;
         _allocationContextSelected = false;
