@@ -37,10 +37,17 @@ public sealed record PoolManifest
     {
         if (!File.Exists(path))
             throw new PoolException($"manifest {path} does not exist");
+        return Parse(File.ReadAllBytes(path), path);
+    }
+
+    /// <summary>Decodes and validates a manifest's bytes; <paramref name="path"/> only names it in
+    /// messages. Anything wrong with the contents is a <see cref="PoolException"/>.</summary>
+    public static PoolManifest Parse(ReadOnlySpan<byte> json, string path)
+    {
         PoolManifest? manifest;
         try
         {
-            manifest = JsonSerializer.Deserialize(File.ReadAllBytes(path), ManifestJsonContext.Default.PoolManifest);
+            manifest = JsonSerializer.Deserialize(json, ManifestJsonContext.Default.PoolManifest);
         }
         catch (JsonException e)
         {
@@ -97,12 +104,15 @@ public sealed record PoolManifest
             throw new PoolException($"manifest {manifestPath} names volume {string.Join(", ", missing)}, which the metadata does not have");
     }
 
+    /// <summary>The manifest as <see cref="Save"/> writes it.</summary>
+    public byte[] ToJson() => JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
+
     public void Save(string path)
     {
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full)!;
         string temp = full + ".tmp";
-        byte[] json = JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
+        byte[] json = ToJson();
         using (var f = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
         {
             if (!OperatingSystem.IsWindows())
