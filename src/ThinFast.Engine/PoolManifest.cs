@@ -55,6 +55,13 @@ public sealed record PoolManifest
         }
         if (manifest is null || manifest.Version != CurrentVersion)
             throw new PoolException($"manifest {path} has unsupported version {manifest?.Version}");
+        // The generated reader leaves a list whose key is absent null (init-only properties are
+        // set all at once, bypassing the initialisers): absent means empty. An explicit null
+        // value was refused by the reader (RespectNullableAnnotations), but that does not reach
+        // the entries of a list.
+        manifest = manifest with { Volumes = manifest.Volumes ?? [], PendingDeviceIds = manifest.PendingDeviceIds ?? [] };
+        if (manifest.Volumes.Contains(null!))
+            throw new PoolException($"manifest {path} is damaged (edited by hand?): a volume entry is null");
         var names = new HashSet<string>();
         var ids = new HashSet<uint>();
         var faults = new List<string>();
@@ -146,7 +153,7 @@ public sealed record PoolManifest
 }
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
-    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, RespectNullableAnnotations = true)]
 [JsonSerializable(typeof(PoolManifest))]
 internal sealed partial class ManifestJsonContext : JsonSerializerContext
 {
