@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A long afl-fuzz campaign on one ThinFast fuzz target (docs/fuzzing.md). Builds the harness,
-# instruments a copy of it under artifacts/fuzz/harness, and fuzzes from fuzz/corpus/TARGET with
+# instruments a copy of it under artifacts/fuzz/harness/TARGET (one per target, so two
+# campaigns can run side by side), and fuzzes from fuzz/corpus/TARGET with
 # findings in artifacts/fuzz/TARGET (an existing one is resumed). Stops after SECONDS (default:
 # until interrupted).
 #   scripts/fuzz.sh TARGET [SECONDS]        scripts/fuzz.sh list
@@ -20,7 +21,7 @@ if [ "$target" = list ]; then exec dotnet "$build/ThinFast.Fuzz.dll" list; fi
 [ -d "fuzz/corpus/$target" ] || { echo "fuzz: no target '$target' (fuzz/corpus/$target is missing)" >&2; exit 2; }
 
 # The harness itself stays uninstrumented: only the product's branches guide afl.
-harness=artifacts/fuzz/harness
+harness=artifacts/fuzz/harness/$target
 rm -rf "$harness"; mkdir -p "$harness"
 cp -r "$build"/. "$harness"
 for assembly in ThinFast.IO ThinFast.Metadata ThinFast.Engine ThinFast.Nbd; do
