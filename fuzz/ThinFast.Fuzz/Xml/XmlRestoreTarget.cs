@@ -7,12 +7,13 @@ namespace ThinFast.Fuzz.Xml;
 
 /// <summary>
 /// thin_dump XML into <see cref="ThinMetadata.RestoreXml"/>, as <c>thinfast pool restore</c> feeds
-/// it, onto a 1 MiB metadata device; what it restores is then dumped back. Documented refusals:
+/// it, onto a 1 MiB metadata device; what it restores is dumped, reopened and dumped again. Documented refusals:
 /// <see cref="FormatException"/> (bad or missing attributes, misplaced elements),
 /// <see cref="XmlException"/> (not XML), <see cref="MetadataSpaceExhaustedException"/> (more
 /// mappings than the device holds) and the <see cref="ArgumentException"/>s of
 /// <see cref="ThinMetadata.Format"/> for a geometry it cannot format. An ArgumentException from
-/// anywhere else (a span sliced out of range, a mapping packed past 40 bits) is a crash.
+/// anywhere else (a span sliced out of range, a mapping packed past 40 bits) is a crash. XML
+/// that restore accepts must give metadata that opens and dumps the same again.
 /// </summary>
 public sealed class XmlRestoreTarget : IFuzzTarget
 {
@@ -21,20 +22,39 @@ public sealed class XmlRestoreTarget : IFuzzTarget
 
     public string Name => "xml-restore";
 
-    public string Description => "thin_dump XML read by pool restore (ThinMetadata.RestoreXml), then dumped back";
+    public string Description => "thin_dump XML read by pool restore (ThinMetadata.RestoreXml); the result must reopen and dump the same";
 
     public void Run(ReadOnlySpan<byte> input)
     {
         var budget = AllocationBudget.Start(AllocationLimit);
         using var text = new StreamReader(new MemoryStream(input.ToArray()), Encoding.UTF8);
+        var device = new MemoryBlockDevice(MetadataDeviceBytes);
+        string dump;
         try
         {
-            using var md = ThinMetadata.RestoreXml(text, new MemoryBlockDevice(MetadataDeviceBytes));
-            md.WriteXml(TextWriter.Null);
+            using var md = ThinMetadata.RestoreXml(text, device);
+            var writer = new StringWriter();
+            md.WriteXml(writer);
+            dump = writer.ToString();
         }
         catch (Exception e) when (e is FormatException or XmlException or MetadataSpaceExhaustedException || IsFormatGeometryRefusal(e))
         {
             // The documented refusal.
+            budget.Check("restoring the XML");
+            return;
+        }
+        // What restore committed is what the pool will open: it must open, and dump the same.
+        try
+        {
+            using var reopened = ThinMetadata.Open(device);
+            var writer = new StringWriter();
+            reopened.WriteXml(writer);
+            if (writer.ToString() != dump)
+                throw new UndocumentedFailureException($"the restored metadata dumps differently once reopened:\n{dump}\n---\n{writer}");
+        }
+        catch (MetadataCorruptException e)
+        {
+            throw new UndocumentedFailureException($"restore accepted the XML but wrote metadata that does not open: {e.Message}");
         }
         budget.Check("restoring the XML");
     }
