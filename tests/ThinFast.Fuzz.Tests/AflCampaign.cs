@@ -20,24 +20,11 @@ public static class AflCampaign
     /// real hang reaches it, on a loaded machine too.</summary>
     private const int TimeoutMs = 20_000;
 
-    /// <summary>Runs the campaign; once more if afl gave up in its dry run for want of coverage.</summary>
-    /// <remarks>On a loaded machine afl++ 4.04c sometimes saw an empty coverage map for the first
-    /// seed of a SharpFuzz target (1 campaign in 16; the same run by hand then passes), which
-    /// would fail CI for nothing. A second such start is reported, since then the instrumentation
-    /// really is missing.</remarks>
     public static AflResult Run(InstrumentedHarness harness, string target, int seconds)
-    {
-        var result = RunOnce(harness, target, seconds, "findings-" + target);
-        return result.ExitCode != 0 && result.Log.Contains("No instrumentation detected", StringComparison.Ordinal)
-            ? RunOnce(harness, target, seconds, "findings-" + target + "-again")
-            : result;
-    }
-
-    private static AflResult RunOnce(InstrumentedHarness harness, string target, int seconds, string findings)
     {
         string aflFuzz = Tools.Require("afl-fuzz", "apt-get install afl++ (scripts/install-deps.sh does it)");
         string dotnet = Tools.Require("dotnet", "the .NET 10 SDK", "/usr/bin/dotnet", "/usr/share/dotnet/dotnet");
-        string output = Path.Combine(harness.Directory, findings);
+        string output = Path.Combine(harness.Directory, "findings-" + target);
         var environment = new Dictionary<string, string>
         {
             // The target is a managed program, not an afl-instrumented binary; SharpFuzz speaks

@@ -22,13 +22,14 @@ public abstract class MetadataBlockTarget : IFuzzTarget
 
     public void Run(ReadOnlySpan<byte> input)
     {
-        if (input.IsEmpty)
-            return;
+        // Even an empty input runs the code under test: SharpFuzz reads its first input before
+        // afl has surely written it, and a first run that reaches no instrumented code makes afl
+        // abort with "No instrumentation detected".
         var candidates = Candidates;
-        int block = candidates[input[0] % candidates.Count];
+        int block = candidates[input.IsEmpty ? 0 : input[0] % candidates.Count];
         byte[] image = (byte[])Image.Bytes.Clone();
         Span<byte> target = image.AsSpan(block * MetadataFormat.BlockSize, MetadataFormat.BlockSize);
-        ReadOnlySpan<byte> contents = input[1..];
+        ReadOnlySpan<byte> contents = input.IsEmpty ? [] : input[1..];
         if (contents.Length > MetadataFormat.BlockSize)
             contents = contents[..MetadataFormat.BlockSize];
         target.Clear();

@@ -18,12 +18,13 @@ public sealed class NbdTransmissionTarget : IFuzzTarget
 
     public void Run(ReadOnlySpan<byte> input)
     {
-        if (input.IsEmpty)
-            return;
-        byte[] handshake = Handshakes[input[0] & 3];
-        byte[] stream = new byte[handshake.Length + input.Length - 1];
+        // An empty input is a session that ends after GO (see MetadataBlockTarget.Run for why
+        // every input, empty too, must reach the server).
+        byte[] handshake = Handshakes[input.IsEmpty ? 0 : input[0] & 3];
+        ReadOnlySpan<byte> requests = input.IsEmpty ? [] : input[1..];
+        byte[] stream = new byte[handshake.Length + requests.Length];
         handshake.CopyTo(stream, 0);
-        input[1..].CopyTo(stream.AsSpan(handshake.Length));
+        requests.CopyTo(stream.AsSpan(handshake.Length));
         NbdRig.Instance.Converse(stream);
     }
 
