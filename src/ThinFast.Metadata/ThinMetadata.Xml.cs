@@ -104,7 +104,8 @@ public sealed partial class ThinMetadata
                         if (md == null || device != null)
                             throw Fail(reader, "<device> outside <superblock> or nested");
                         deviceId = Num(reader, "dev_id");
-                        md.ThrowIfExists(deviceId);
+                        if (md.DeviceExists(deviceId))
+                            throw Fail(reader, $"device {deviceId} appears twice");
                         md.CreateThin(deviceId);
                         device = md._devices[deviceId];
                         device.Details = new DeviceDetails(0, Num(reader, "transaction"), Num32(reader, "creation_time"), Num32(reader, "snap_time"));
