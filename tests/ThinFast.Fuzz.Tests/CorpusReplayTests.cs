@@ -2,11 +2,15 @@ namespace ThinFast.Fuzz.Tests;
 
 /// <summary>
 /// Every committed input, seeds and fixed crashes alike, through its target in-process: each must
-/// be accepted or refused with the target's documented exception. A regression input that
-/// crashes again means the fix it was committed with has been undone.
+/// be accepted or refused with the target's documented exception, within seconds. A regression
+/// input that fails again means the fix it was committed with has been undone.
 /// </summary>
 public class CorpusReplayTests
 {
+    /// <summary>Inputs take milliseconds; one that takes seconds is a hang afl would kill at its
+    /// -t limit (a damaged count once made the leak scan loop four billion times).</summary>
+    private static readonly TimeSpan Slowest = TimeSpan.FromSeconds(5);
+
     public static TheoryData<string> Targets() => [.. FuzzTargets.All.Select(t => t.Name)];
 
     [Theory]
@@ -19,6 +23,7 @@ public class CorpusReplayTests
         var crashes = new List<string>();
         foreach (string file in inputs)
         {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
             try
             {
                 target.Run(File.ReadAllBytes(file));
@@ -27,6 +32,8 @@ public class CorpusReplayTests
             {
                 crashes.Add($"{Path.GetRelativePath(FuzzFiles.Root, file)}: {e}");
             }
+            if (watch.Elapsed > Slowest)
+                crashes.Add($"{Path.GetRelativePath(FuzzFiles.Root, file)}: took {watch.Elapsed.TotalSeconds:F1} s (a hang)");
         }
         Assert.True(crashes.Count == 0, $"{crashes.Count} of {inputs.Count} inputs crashed {name}:\n{string.Join("\n\n", crashes)}");
     }
