@@ -2,8 +2,13 @@ namespace ThinFast.Fuzz.Tests;
 
 /// <summary>The figures afl-fuzz wrote in fuzzer_stats at the end of a campaign, and what it saved.</summary>
 public sealed record AflResult(string Target, int ExitCode, string Log, IReadOnlyDictionary<string, string> Stats,
-    IReadOnlyList<string> Crashes, IReadOnlyList<string> Hangs)
+    IReadOnlyList<string> Crashes, IReadOnlyList<string> Hangs, string LastInput)
 {
+    /// <summary>SharpFuzz runs every input in the one process afl started, so an input that
+    /// overruns -t (afl kills the process) or kills the runtime ends the fork server: afl stops
+    /// with this, and the input it was running is left in <see cref="LastInput"/>.</summary>
+    public bool ForkServerLost => Log.Contains("Unable to communicate with fork server", StringComparison.Ordinal);
+
     public long Executions => long.Parse(Stats.GetValueOrDefault("execs_done", "0"));
 
     public string Summary => $"{Target}: {Executions} execs ({Stats.GetValueOrDefault("execs_per_sec", "?")}/s), " +
@@ -51,7 +56,8 @@ public static class AflCampaign
             ? File.ReadAllLines(stats).Select(l => l.Split(':', 2)).Where(p => p.Length == 2)
                 .ToDictionary(p => p[0].Trim(), p => p[1].Trim())
             : new Dictionary<string, string>();
-        return new AflResult(target, exitCode, log, figures, Saved(output, "crashes"), Saved(output, "hangs"));
+        return new AflResult(target, exitCode, log, figures, Saved(output, "crashes"), Saved(output, "hangs"),
+            Path.Combine(output, "default", ".cur_input"));
     }
 
     private static List<string> Saved(string output, string kind)

@@ -16,6 +16,9 @@ public class AflFuzzTests(AflCampaigns campaigns) : IClassFixture<AflCampaigns>
     {
         var result = campaigns[name];
         TestContext.Current.SendDiagnosticMessage(result.Summary);
+        if (result.ForkServerLost && File.Exists(result.LastInput))
+            Assert.Fail($"{name}: the target process died or overran afl's -t (a hang) on an input, kept as " +
+                $"{Keep(name, result.LastInput, "hang-or-death")}: {Replay(name, result.LastInput)}\n{Tail(result.Log)}");
         Assert.True(result.ExitCode == 0 && result.Stats.Count > 0,
             $"afl-fuzz did not complete a campaign on {name} (exit {result.ExitCode}):\n{Tail(result.Log)}");
         // Seconds of fuzzing at hundreds of executions a second at the least: far fewer means
@@ -24,24 +27,27 @@ public class AflFuzzTests(AflCampaigns campaigns) : IClassFixture<AflCampaigns>
         var saved = result.Crashes.Concat(result.Hangs).ToList();
         if (saved.Count == 0)
             return;
-        string keep = Path.Combine(Path.GetDirectoryName(FuzzFiles.Root)!, "artifacts", "fuzz-findings", name);
-        Directory.CreateDirectory(keep);
-        var report = new List<string>();
-        foreach (string file in saved)
-        {
-            string copy = Path.Combine(keep, Path.GetFileName(file).Replace(':', '_'));
-            File.Copy(file, copy, overwrite: true);
-            report.Add($"{copy}: {Replay(name, file)}");
-        }
+        var report = saved.Select(file => $"{Keep(name, file, Path.GetFileName(file))}: {Replay(name, file)}");
         Assert.Fail($"{result.Summary}\n{string.Join("\n\n", report)}");
+    }
+
+    // Copies a finding out of the campaign's temp folder, which is deleted after the run.
+    private static string Keep(string name, string file, string fileName)
+    {
+        string dir = Path.Combine(Path.GetDirectoryName(FuzzFiles.Root)!, "artifacts", "fuzz-findings", name);
+        Directory.CreateDirectory(dir);
+        string copy = Path.Combine(dir, fileName.Replace(':', '_'));
+        File.Copy(file, copy, overwrite: true);
+        return copy;
     }
 
     private static string Replay(string name, string file)
     {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
         try
         {
             FuzzTargets.Find(name)!.Run(File.ReadAllBytes(file));
-            return "does not crash when replayed in-process (a hang, or state left by earlier inputs)";
+            return $"replayed in-process it returns, after {watch.Elapsed.TotalSeconds:F1} s (a hang if that is long; else state left by earlier inputs)";
         }
         catch (Exception e)
         {
