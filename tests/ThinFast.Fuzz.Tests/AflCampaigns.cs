@@ -14,8 +14,17 @@ public sealed class AflCampaigns : IDisposable
     {
         Seconds = int.TryParse(Environment.GetEnvironmentVariable("THINFAST_FUZZ_SECONDS"), out int s) && s > 0 ? s : 8;
         var results = new System.Collections.Concurrent.ConcurrentDictionary<string, AflResult>();
-        Parallel.ForEach(FuzzTargets.All, new ParallelOptions { MaxDegreeOfParallelism = 2 },
-            target => results[target.Name] = AflCampaign.Run(_harness, target.Name, Seconds));
+        try
+        {
+            Parallel.ForEach(FuzzTargets.All, new ParallelOptions { MaxDegreeOfParallelism = 2 },
+                target => results[target.Name] = AflCampaign.Run(_harness, target.Name, Seconds));
+        }
+        catch
+        {
+            // A fixture whose constructor throws is never disposed.
+            _harness.Dispose();
+            throw;
+        }
         _results = new Dictionary<string, AflResult>(results);
     }
 

@@ -14,7 +14,22 @@ public sealed class InstrumentedHarness : IDisposable
 
     public InstrumentedHarness()
     {
+        string sharpfuzz = Tools.Require("sharpfuzz", "dotnet tool install --global SharpFuzz.CommandLine --version 2.3.0 (scripts/install-deps.sh does it)",
+            Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".dotnet", "tools", "sharpfuzz"));
         Directory = System.IO.Directory.CreateTempSubdirectory("thinfast-fuzz-").FullName;
+        try
+        {
+            Instrument(sharpfuzz);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private void Instrument(string sharpfuzz)
+    {
         string build = Path.GetDirectoryName(typeof(FuzzTargets).Assembly.Location)!;
         string harness = Path.Combine(Directory, "harness");
         System.IO.Directory.CreateDirectory(harness);
@@ -23,8 +38,6 @@ public sealed class InstrumentedHarness : IDisposable
         Dll = Path.Combine(harness, "ThinFast.Fuzz.dll");
         if (!File.Exists(Path.Combine(harness, "ThinFast.Fuzz.runtimeconfig.json")))
             throw new FileNotFoundException($"ThinFast.Fuzz.runtimeconfig.json is not beside {typeof(FuzzTargets).Assembly.Location}");
-        string sharpfuzz = Tools.Require("sharpfuzz", "dotnet tool install --global SharpFuzz.CommandLine --version 2.3.0 (scripts/install-deps.sh does it)",
-            Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".dotnet", "tools", "sharpfuzz"));
         foreach (string assembly in Instrumented)
         {
             var run = Tools.Run(sharpfuzz, [Path.Combine(harness, assembly + ".dll")], TimeSpan.FromMinutes(2));
@@ -37,7 +50,7 @@ public sealed class InstrumentedHarness : IDisposable
     public string Directory { get; }
 
     /// <summary>The instrumented ThinFast.Fuzz.dll, to run with dotnet.</summary>
-    public string Dll { get; }
+    public string Dll { get; private set; } = "";
 
     public void Dispose() => System.IO.Directory.Delete(Directory, recursive: true);
 }
