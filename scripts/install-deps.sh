@@ -17,6 +17,7 @@ packages=(
   gcc                       # the struct-layout probe
   openssl                   # makes the throw-away CA and certificates of the NBD TLS tests
   mount                     # losetup: loop block devices for the block-device tests (IO)
+  afl++                     # afl-fuzz: the fuzz campaigns of tests/ThinFast.Fuzz.Tests (docs/fuzzing.md)
 )
 
 missing=()
@@ -31,3 +32,10 @@ if ((${#missing[@]})); then
 fi
 
 command -v dotnet >/dev/null || { echo "install-deps: the .NET 10 SDK is required (dotnet not on PATH)" >&2; exit 1; }
+
+# sharpfuzz instruments the assemblies afl-fuzz runs (a NuGet dotnet tool, pinned).
+sharpfuzz_version=2.3.0
+if ! dotnet tool list --global 2>/dev/null | grep -q "^sharpfuzz.commandline *$sharpfuzz_version"; then
+  echo "install-deps: installing the sharpfuzz dotnet tool $sharpfuzz_version" >&2
+  dotnet tool update --global SharpFuzz.CommandLine --version "$sharpfuzz_version" >/dev/null
+fi

@@ -50,10 +50,17 @@ public sealed record PoolManifest
     {
         if (!File.Exists(path))
             throw new PoolException($"manifest {path} does not exist");
+        return Parse(File.ReadAllBytes(path), path);
+    }
+
+    /// <summary>Decodes and validates a manifest's bytes; <paramref name="path"/> only names it in
+    /// messages. Anything wrong with the contents is a <see cref="PoolException"/>.</summary>
+    public static PoolManifest Parse(ReadOnlySpan<byte> json, string path)
+    {
         PoolManifest? manifest;
         try
         {
-            manifest = JsonSerializer.Deserialize(File.ReadAllBytes(path), ManifestJsonContext.Default.PoolManifest);
+            manifest = JsonSerializer.Deserialize(json, ManifestJsonContext.Default.PoolManifest);
         }
         catch (JsonException e)
         {
@@ -61,6 +68,13 @@ public sealed record PoolManifest
         }
         if (manifest is null || manifest.Version != CurrentVersion)
             throw new PoolException($"manifest {path} has unsupported version {manifest?.Version}");
+        // The generated reader leaves a list whose key is absent null (init-only properties are
+        // set all at once, bypassing the initialisers): absent means empty. An explicit null
+        // value was refused by the reader (RespectNullableAnnotations), but that does not reach
+        // the entries of a list.
+        manifest = manifest with { Volumes = manifest.Volumes ?? [], PendingDeviceIds = manifest.PendingDeviceIds ?? [] };
+        if (manifest.Volumes.Contains(null!))
+            throw new PoolException($"manifest {path} is damaged (edited by hand?): a volume entry is null");
         var names = new HashSet<string>();
         var ids = new HashSet<uint>();
         var faults = new List<string>();
@@ -111,12 +125,15 @@ public sealed record PoolManifest
             throw new PoolException($"manifest {manifestPath} names volume {string.Join(", ", missing)}, which the metadata does not have");
     }
 
+    /// <summary>The manifest as <see cref="Save"/> writes it.</summary>
+    public byte[] ToJson() => JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
+
     public void Save(string path)
     {
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full)!;
         string temp = full + ".tmp";
-        byte[] json = JsonSerializer.SerializeToUtf8Bytes(this, ManifestJsonContext.Default.PoolManifest);
+        byte[] json = ToJson();
         using (var f = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
         {
             if (!OperatingSystem.IsWindows())
@@ -150,7 +167,7 @@ public sealed record PoolManifest
 }
 
 [JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
-    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, RespectNullableAnnotations = true)]
 [JsonSerializable(typeof(PoolManifest))]
 internal sealed partial class ManifestJsonContext : JsonSerializerContext
 {

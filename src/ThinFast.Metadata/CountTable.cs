@@ -113,6 +113,24 @@ internal sealed class CountTable
         return c - 1;
     }
 
+    /// <summary>Lowers a block's count to <paramref name="target"/>, as that many
+    /// <see cref="Decrement"/> calls would, in one step: a damaged count can be billions.</summary>
+    public void LowerTo(ulong block, uint target)
+    {
+        CheckRange(block);
+        uint c = _counts[block];
+        if (target >= c)
+            throw new ArgumentOutOfRangeException(nameof(target), target, $"block {block}'s count is {c}");
+        if (c > 1)
+        {
+            if (c >= 3) OverflowDirty = true;
+            _counts[block] = Math.Max(target, 1);
+            _dirtyBitmaps[block / MetadataFormat.EntriesPerBitmap] = true;
+        }
+        if (target == 0)
+            Decrement(block);
+    }
+
     /// <summary>A block free now and free in the committed state, with its count set to 1.</summary>
     public bool TryAllocate(out ulong block)
     {

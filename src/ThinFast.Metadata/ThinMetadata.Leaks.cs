@@ -43,8 +43,7 @@ public sealed partial class ThinMetadata
             excess += onDisk - want;
             if (want == 0)
                 freed++;
-            for (uint i = want; i < onDisk; i++)
-                _tm.Data.Decrement(b);
+            _tm.Data.LowerTo(b, want);
             _uncommitted = true;
         }
         return new LeakReclaim(freed, excess);

@@ -89,11 +89,13 @@ public sealed partial class ThinMetadata
                     case "superblock":
                         if (md != null)
                             throw Fail(reader, "a second <superblock>");
-                        md = Format(metadata, (uint)Num(reader, "data_block_size"), Num(reader, "nr_data_blocks"));
-                        md._sb.Time = (uint)Num(reader, "time");
+                        md = Format(metadata, Num32(reader, "data_block_size"), Num(reader, "nr_data_blocks"));
+                        md._sb.Time = Num32(reader, "time");
+                        if (md._sb.Time >= MetadataFormat.MaxTime)
+                            throw Fail(reader, $"time {md._sb.Time} does not fit in 24 bits");
                         md._sb.TransactionId = Num(reader, "transaction");
-                        md._sb.Flags = (uint)OptionalNum(reader, "flags", 0);
-                        md._sb.Version = (uint)OptionalNum(reader, "version", 1);
+                        md._sb.Flags = OptionalNum32(reader, "flags", 0);
+                        md._sb.Version = OptionalNum32(reader, "version", 1);
                         if (md._sb.Version is < 1 or > 2)
                             throw Fail(reader, $"unsupported version {md._sb.Version}");
                         md._uncommitted = true;
@@ -102,10 +104,11 @@ public sealed partial class ThinMetadata
                         if (md == null || device != null)
                             throw Fail(reader, "<device> outside <superblock> or nested");
                         deviceId = Num(reader, "dev_id");
-                        md.ThrowIfExists(deviceId);
+                        if (md.DeviceExists(deviceId))
+                            throw Fail(reader, $"device {deviceId} appears twice");
                         md.CreateThin(deviceId);
                         device = md._devices[deviceId];
-                        device.Details = new DeviceDetails(0, Num(reader, "transaction"), (uint)Num(reader, "creation_time"), (uint)Num(reader, "snap_time"));
+                        device.Details = new DeviceDetails(0, Num(reader, "transaction"), Num32(reader, "creation_time"), Num32(reader, "snap_time"));
                         if (reader.IsEmptyElement)
                             device = null;
                         break;
@@ -159,6 +162,14 @@ public sealed partial class ThinMetadata
         return ulong.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out ulong v)
             ? v : throw Fail(reader, $"attribute {name}=\"{s}\" is not a non-negative integer");
     }
+
+    // The 32-bit fields: a larger number is refused rather than cut to its low bits.
+    private static uint Num32(XmlReader reader, string name) => Fit32(reader, name, Num(reader, name));
+
+    private static uint OptionalNum32(XmlReader reader, string name, uint fallback) => Fit32(reader, name, OptionalNum(reader, name, fallback));
+
+    private static uint Fit32(XmlReader reader, string name, ulong value) =>
+        value <= uint.MaxValue ? (uint)value : throw Fail(reader, $"attribute {name}=\"{value}\" does not fit in 32 bits");
 
     private static FormatException Fail(XmlReader reader, string what)
     {

@@ -74,11 +74,16 @@ public sealed partial class ThinMetadata : IDisposable
         if (dataBlockSizeSectors < 128 || dataBlockSizeSectors > 2097152 || dataBlockSizeSectors % 128 != 0)
             throw new ArgumentOutOfRangeException(nameof(dataBlockSizeSectors), dataBlockSizeSectors,
                 "data block size must be a multiple of 128 sectors (64 KiB) between 128 and 2097152");
-        if (dataBlockCount == 0 || dataBlockCount >= MetadataFormat.MaxDataBlock)
-            throw new ArgumentOutOfRangeException(nameof(dataBlockCount), dataBlockCount, "data block count must be in 1 .. 2^40-1");
+        // dm-thin allows 2^40 - 1; the in-memory space maps stop at 2^31 - 1.
+        if (dataBlockCount == 0 || dataBlockCount > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(dataBlockCount), dataBlockCount, "data block count must be in 1 .. 2^31-1");
         ulong nrMeta = Math.Min((ulong)metadata.Length / MetadataFormat.BlockSize, MetadataFormat.MaxMetadataBlocks);
         if (nrMeta < 16)
             throw new ArgumentException($"{metadata.Name}: metadata device of {metadata.Length} bytes is too small (at least 64 KiB)", nameof(metadata));
+        // Each data bitmap takes a metadata block; refused here rather than after allocating the
+        // in-memory counts (4 bytes a data block) that a commit could never write out.
+        if ((ulong)MetadataFormat.BitmapCount(dataBlockCount) > nrMeta)
+            throw new ArgumentException($"{metadata.Name}: metadata device of {metadata.Length} bytes is too small for {dataBlockCount} data blocks", nameof(metadata));
         var md = new ThinMetadata(metadata);
         try
         {
@@ -131,7 +136,9 @@ public sealed partial class ThinMetadata : IDisposable
 
     private Superblock ReadSuperblockAt(ulong block, bool live)
     {
-        if ((long)(block + 1) * MetadataFormat.BlockSize > _device.Length)
+        // Compared in blocks: a held root read from a damaged superblock can be any 64-bit
+        // number, and its byte offset would overflow.
+        if (block >= (ulong)_device.Length / MetadataFormat.BlockSize)
             throw new MetadataCorruptException(block, MetadataBlockKind.Superblock, MetadataTree.None, MetadataFault.PointerOutOfRange,
                 $"block {block} is past the end of {_device.Name}");
         _device.Read((long)block * MetadataFormat.BlockSize, _superblockBuffer.Memory);
@@ -159,8 +166,13 @@ public sealed partial class ThinMetadata : IDisposable
                 $"metadata_nr_blocks {sb.MetadataNrBlocks}, space map nr_blocks {sb.MetadataSpaceMap.NrBlocks}, device holds {deviceBlocks}");
         if (sb.Time >= MetadataFormat.MaxTime)
             throw Bad(block, MetadataFault.Inconsistent, $"time {sb.Time} does not fit the 24 bits of a mapping");
-        if (sb.DataBlockSize == 0 || sb.DataSpaceMap.NrBlocks > int.MaxValue)
-            throw Bad(block, MetadataFault.BadGeometry, $"data block size {sb.DataBlockSize}, data blocks {sb.DataSpaceMap.NrBlocks}");
+        // Every data bitmap is a metadata block, so a data space map needing more bitmaps than the
+        // metadata device has blocks is damage; checked before its counts (4 bytes a block) are
+        // allocated, which a damaged count would otherwise size at up to 8 GiB.
+        if (sb.DataBlockSize == 0 || sb.DataSpaceMap.NrBlocks > int.MaxValue
+            || (ulong)MetadataFormat.BitmapCount(sb.DataSpaceMap.NrBlocks) > sb.MetadataNrBlocks)
+            throw Bad(block, MetadataFault.BadGeometry,
+                $"data block size {sb.DataBlockSize}, data blocks {sb.DataSpaceMap.NrBlocks} (the metadata device holds {sb.MetadataNrBlocks} blocks)");
         return sb;
 
         static MetadataCorruptException Bad(ulong block, MetadataFault fault, string detail) =>

@@ -88,4 +88,37 @@ public class FixtureTests
         Assert.Contains("beyond end of data device", e.Message);
         Assert.Contains("line 3", e.Message);
     }
+
+    [Fact]
+    public void RestoreXmlRefusesADeviceIdGivenTwice()
+    {
+        // Was InvalidOperationException, which pool restore does not report as a user error:
+        // it died with a stack trace.
+        const string xml = """
+            <superblock uuid="" time="0" transaction="0" data_block_size="128" nr_data_blocks="100">
+              <device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>
+              <device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0"/>
+            </superblock>
+            """;
+        var e = Assert.Throws<FormatException>(() => ThinMetadata.RestoreXml(new StringReader(xml), new MemoryBlockDevice(1 << 20)));
+        Assert.Contains("line 3: device 1 appears twice", e.Message);
+    }
+
+    [Theory]
+    [InlineData("time=\"0\" data_block_size=\"4294967424\"", "creation_time=\"0\"", "data_block_size=\"4294967424\" does not fit in 32 bits")]
+    [InlineData("time=\"16777216\" data_block_size=\"128\"", "creation_time=\"0\"", "time 16777216 does not fit in 24 bits")]
+    [InlineData("time=\"0\" data_block_size=\"128\"", "creation_time=\"4294967297\"", "creation_time=\"4294967297\" does not fit in 32 bits")]
+    public void RestoreXmlRefusesNumbersItWouldCutOrCouldNotOpen(string superblockAttributes, string deviceAttributes, string message)
+    {
+        // Each was restored before: the 32-bit ones cut to their low bits (a pool of 64 KiB blocks
+        // from a dump that said otherwise), a time past 24 bits committed a superblock that Open
+        // then refuses (found by the xml-restore fuzz target's reopen check).
+        string xml = $"""
+            <superblock uuid="" transaction="0" nr_data_blocks="100" {superblockAttributes}>
+              <device dev_id="1" mapped_blocks="0" transaction="0" snap_time="0" {deviceAttributes}/>
+            </superblock>
+            """;
+        var e = Assert.Throws<FormatException>(() => ThinMetadata.RestoreXml(new StringReader(xml), new MemoryBlockDevice(1 << 20)));
+        Assert.Contains(message, e.Message);
+    }
 }
