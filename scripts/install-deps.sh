@@ -7,9 +7,8 @@ packages=(
   thin-provisioning-tools   # thin_check, thin_dump, thin_restore: metadata oracles
   qemu-utils                # qemu-img, qemu-io, qemu-nbd: NBD clients and the qcow2 peer
   qemu-system-common        # qemu-storage-daemon: the qsd peer in perf/thin-peers.sh
-  libnbd-bin                # nbdinfo, nbdcopy, nbdsh
+  libnbd-bin                # nbdinfo, nbdcopy, nbdsh, and nbdfuse (Debian 12 ships it here)
   python3-libnbd           # the nbdsh binary and libnbd python module (NBD edge-case tests)
-  nbdfuse                   # mounts an NBD export as a file, for the ext4 end-to-end test
   nbdkit                    # the nbdkit peer and its null plugin (transport ceiling)
   fio                       # benchmarks and verify workloads (io_uring and nbd engines)
   e2fsprogs fuse3           # mkfs.ext4, e2fsck, debugfs; fusermount3

@@ -15,7 +15,7 @@ public static class ExternalTool
         ["nbdinfo"] = "libnbd-bin",
         ["nbdcopy"] = "libnbd-bin",
         ["nbdsh"] = "libnbd-bin python3-libnbd",
-        ["nbdfuse"] = "nbdfuse",
+        ["nbdfuse"] = "libnbd-bin",
         ["qemu-img"] = "qemu-utils",
         ["qemu-io"] = "qemu-utils",
         ["qemu-nbd"] = "qemu-utils",
