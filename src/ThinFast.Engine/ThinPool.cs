@@ -389,8 +389,27 @@ public sealed partial class ThinPool : IDisposable
             : (mode & UnixFileMode.GroupWrite) != 0 && groupCounts ? "its group"
             : null;
         if (who is not null)
-            Log($"warning: origin {path} of volume '{volumeName}' is writable by {who} (mode {Convert.ToString((int)mode, 8).PadLeft(4, '0')}): a write to it changes what the volume reads wherever the volume never wrote; make it read-only (chmod go-w)");
+            Log($"warning: origin {path} of volume '{volumeName}' is writable by {who} (mode {Octal(mode)}): a write to it changes what the volume reads wherever the volume never wrote; make it read-only (chmod go-w)");
+
+        // A folder others can write (without the sticky bit) lets them rename another file over
+        // the origin: same size, so nothing at open would notice.
+        string target = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? Path.GetFullPath(path);
+        if (Path.GetDirectoryName(target) is not { } folder)
+            return;
+        UnixFileMode folderMode;
+        try
+        {
+            folderMode = File.GetUnixFileMode(folder);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        if ((folderMode & UnixFileMode.StickyBit) == 0 && (folderMode & (UnixFileMode.OtherWrite | UnixFileMode.GroupWrite)) != 0)
+            Log($"warning: origin {path} of volume '{volumeName}' is in {folder}, which {((folderMode & UnixFileMode.OtherWrite) != 0 ? "every user" : "its group")} can write (mode {Octal(folderMode)}): anyone who can may replace the origin; keep base images in a folder only their owner writes");
     }
+
+    private static string Octal(UnixFileMode mode) => Convert.ToString((int)mode, 8).PadLeft(4, '0');
 
     private IBlockDevice OpenOrigin(string path, long? expectedSize, string volumeName)
     {

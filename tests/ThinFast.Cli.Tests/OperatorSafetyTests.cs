@@ -197,5 +197,21 @@ public sealed class OperatorSafetyTests
 
         File.SetUnixFileMode(origin, OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
         Assert.Contains("is writable by its group (mode 0660)", Cli.Run("volume", "create", dir, "d", "--size", "1M").Stderr);
+
+        // The file read-only, but in a folder anyone can write: it can be replaced by a rename.
+        string shared = t["shared"];
+        Directory.CreateDirectory(shared);
+        string replaceable = Path.Combine(shared, "base.img");
+        File.WriteAllBytes(replaceable, new byte[1 << 20]);
+        File.SetUnixFileMode(replaceable, OwnerOnly | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        const UnixFileMode Open = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute
+            | UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
+            | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
+        File.SetUnixFileMode(shared, Open);
+        Assert.Contains($"is in {shared}, which every user can write (mode 0777)", Cli.Run("volume", "create", dir, "e", "--origin", replaceable).Stderr);
+        // With the sticky bit (as /tmp), only the file's owner may rename over it: no warning.
+        File.SetUnixFileMode(shared, Open | UnixFileMode.StickyBit);
+        var sticky = Cli.Run("volume", "create", dir, "f", "--origin", replaceable);
+        Assert.DoesNotContain($"is in {shared}", sticky.Stderr);
     }
 }
