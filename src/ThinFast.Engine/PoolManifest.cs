@@ -35,12 +35,13 @@ public sealed record PoolManifest
 
     // The serializer's messages name .NET types ("could not be converted to
     // System.Collections.Generic.List`1[...]"); an operator needs the place in the file and what
-    // kind of fault it is.
+    // kind of fault it is. A syntax error is the reader's own JsonException wrapped with the path;
+    // a value the reader parsed but the type cannot take has no inner exception.
     private static string Describe(JsonException e)
     {
-        string fault = e.Message.Contains("could not be converted", StringComparison.Ordinal)
-            ? "a value of the wrong kind (a number, string, list or object where another is expected)"
-            : "malformed JSON";
+        string fault = e.InnerException is JsonException
+            ? "malformed JSON"
+            : "a value of the wrong kind (a number, string, list or object where another is expected)";
         string where = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "" : $" at {e.Path}";
         string line = e.LineNumber is { } n ? $" (line {n + 1}, column {e.BytePositionInLine + 1})" : "";
         return fault + where + line;

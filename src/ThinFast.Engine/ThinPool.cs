@@ -1,3 +1,4 @@
+using System.Runtime.Versioning;
 using ThinFast.IO;
 using ThinFast.Metadata;
 
@@ -369,45 +370,40 @@ public sealed partial class ThinPool : IDisposable
     /// <summary>An origin other users can write is not refused (a shared base on a group-writable
     /// share is a choice an operator may make), but it is said: whoever can write it changes, under
     /// every guest on it, the blocks those guests never wrote, and can read nothing of the pool but
-    /// can make it serve anything.</summary>
+    /// can make it serve anything. So is a folder others can write without the sticky bit: they can
+    /// rename another file of the same size over the origin, which nothing at open would notice.</summary>
     private void WarnIfWritableByOthers(string path, string volumeName)
     {
-        if (OperatingSystem.IsWindows())
+        if (OperatingSystem.IsWindows() || ModeOf(path) is not { } mode)
             return;
-        UnixFileMode mode;
-        try
-        {
-            mode = File.GetUnixFileMode(path);   // follows symlinks: the mode of what is read
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return;
-        }
         // Block devices are group-writable by the disk group everywhere; that group is root's peer.
         bool groupCounts = FileIdentity.Of(path) is not { IsBlockDevice: true };
-        string? who = (mode & UnixFileMode.OtherWrite) != 0 ? "every user"
-            : (mode & UnixFileMode.GroupWrite) != 0 && groupCounts ? "its group"
-            : null;
-        if (who is not null)
+        if (WhoElseWrites(mode, groupCounts) is { } who)
             Log($"warning: origin {path} of volume '{volumeName}' is writable by {who} (mode {Octal(mode)}): a write to it changes what the volume reads wherever the volume never wrote; make it read-only (chmod go-w)");
 
-        // A folder others can write (without the sticky bit) lets them rename another file over
-        // the origin: same size, so nothing at open would notice.
         string target = new FileInfo(path).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? Path.GetFullPath(path);
-        if (Path.GetDirectoryName(target) is not { } folder)
-            return;
-        UnixFileMode folderMode;
+        if (Path.GetDirectoryName(target) is { } folder && ModeOf(folder) is { } folderMode
+            && (folderMode & UnixFileMode.StickyBit) == 0 && WhoElseWrites(folderMode, groupCounts: true) is { } folderWho)
+            Log($"warning: origin {path} of volume '{volumeName}' is in {folder}, which {folderWho} can write (mode {Octal(folderMode)}): anyone who can may replace the origin; keep base images in a folder only their owner writes");
+    }
+
+    [UnsupportedOSPlatform("windows")]
+    private static UnixFileMode? ModeOf(string path)
+    {
         try
         {
-            folderMode = File.GetUnixFileMode(folder);
+            return File.GetUnixFileMode(path);   // follows symlinks: the mode of what is read
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            return;
+            return null;
         }
-        if ((folderMode & UnixFileMode.StickyBit) == 0 && (folderMode & (UnixFileMode.OtherWrite | UnixFileMode.GroupWrite)) != 0)
-            Log($"warning: origin {path} of volume '{volumeName}' is in {folder}, which {((folderMode & UnixFileMode.OtherWrite) != 0 ? "every user" : "its group")} can write (mode {Octal(folderMode)}): anyone who can may replace the origin; keep base images in a folder only their owner writes");
     }
+
+    private static string? WhoElseWrites(UnixFileMode mode, bool groupCounts) =>
+        (mode & UnixFileMode.OtherWrite) != 0 ? "every user"
+        : (mode & UnixFileMode.GroupWrite) != 0 && groupCounts ? "its group"
+        : null;
 
     private static string Octal(UnixFileMode mode) => Convert.ToString((int)mode, 8).PadLeft(4, '0');
 

@@ -103,35 +103,33 @@ public sealed class NbdTlsCredentials
         }
         if (pem.Contains("ENCRYPTED PRIVATE KEY", StringComparison.Ordinal) || pem.Contains("Proc-Type: 4,ENCRYPTED", StringComparison.Ordinal))
             throw new NbdTlsCredentialsException($"{keyPath}: the private key is encrypted; give an unencrypted key (keep the file mode 0600)");
-        try
+        if (!PemEncoding.TryFind(pem, out _))
+            throw new NbdTlsCredentialsException($"{keyPath}: holds no usable {KeyAlgorithm(leaf)} private key (the certificate's key is {KeyAlgorithm(leaf)}): no PEM private key block found");
+        // The key's type must be the certificate's: a key of another type cannot match it.
+        AsymmetricAlgorithm key = leaf.GetRSAPublicKey() is { } rsaPublic ? Disposed(rsaPublic, RSA.Create())
+            : leaf.GetECDsaPublicKey() is { } ecPublic ? Disposed(ecPublic, ECDsa.Create())
+            : throw new NbdTlsCredentialsException($"{CertificateFile}: the certificate's key type ({leaf.PublicKey.Oid.FriendlyName}) is not supported; use RSA or ECDSA");
+        using (key)
         {
-            // The key's type must be the certificate's: a key of another type cannot match it.
-            if (leaf.GetRSAPublicKey() is { } rsaPublic)
+            try
             {
-                rsaPublic.Dispose();
-                using var rsa = RSA.Create();
-                rsa.ImportFromPem(pem);
-                return leaf.CopyWithPrivateKey(rsa);
+                key.ImportFromPem(pem);
             }
-            if (leaf.GetECDsaPublicKey() is { } ecPublic)
+            catch (Exception e) when (e is ArgumentException or CryptographicException)
             {
-                ecPublic.Dispose();
-                using var ec = ECDsa.Create();
-                ec.ImportFromPem(pem);
-                return leaf.CopyWithPrivateKey(ec);
+                throw new NbdTlsCredentialsException($"{keyPath}: holds no usable {KeyAlgorithm(leaf)} private key (the certificate's key is {KeyAlgorithm(leaf)}): {e.Message}");
             }
+            // The same public key, byte for byte, or the key belongs to another certificate.
+            if (!key.ExportSubjectPublicKeyInfo().AsSpan().SequenceEqual(leaf.PublicKey.ExportSubjectPublicKeyInfo()))
+                throw new NbdTlsCredentialsException($"{keyPath}: this private key does not belong to the certificate in {CertificateFile} ({leaf.Subject})");
+            return key is RSA rsa ? leaf.CopyWithPrivateKey(rsa) : leaf.CopyWithPrivateKey((ECDsa)key);
         }
-        catch (ArgumentException e) when (e.Message.Contains("match", StringComparison.OrdinalIgnoreCase))
+
+        static AsymmetricAlgorithm Disposed(IDisposable publicKey, AsymmetricAlgorithm fresh)
         {
-            throw new NbdTlsCredentialsException($"{keyPath}: this private key does not belong to the certificate in {CertificateFile} ({leaf.Subject})");
+            publicKey.Dispose();
+            return fresh;
         }
-        catch (Exception e) when (e is ArgumentException or CryptographicException)
-        {
-            // .NET's message for a file without a key block talks about file paths; say it plainly.
-            string why = e.Message.Contains("No supported key formats", StringComparison.Ordinal) ? "no PEM private key block found" : e.Message;
-            throw new NbdTlsCredentialsException($"{keyPath}: holds no usable {KeyAlgorithm(leaf)} private key (the certificate's key is {KeyAlgorithm(leaf)}): {why}");
-        }
-        throw new NbdTlsCredentialsException($"{CertificateFile}: the certificate's key type ({leaf.PublicKey.Oid.FriendlyName}) is not supported; use RSA or ECDSA");
     }
 
     private static string KeyAlgorithm(X509Certificate2 leaf) => leaf.GetRSAPublicKey() is null ? "ECDSA" : "RSA";
